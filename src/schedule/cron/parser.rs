@@ -67,6 +67,22 @@ pub(crate) fn parse(expr: &str) -> Result<FieldSet, CronError> {
         return parse_macro(body, start);
     }
 
+    // A field never contains whitespace other than the separators: say so before the
+    // field count comes out wrong because of, say, a no-break space.
+    if let Some((i, c)) = body
+        .char_indices()
+        .find(|(_, c)| c.is_whitespace() && *c != ' ' && *c != '\t')
+    {
+        let at = start + i;
+        return Err(error(
+            format!(
+                "unexpected character {}: fields are separated by spaces or tabs",
+                describe_char(c)
+            ),
+            at..at + c.len_utf8(),
+        ));
+    }
+
     let fields = split_fields(expr, start, end);
     if fields.len() != 5 {
         let mut message = format!(
@@ -97,30 +113,30 @@ fn parse_macro(body: &str, offset: usize) -> Result<FieldSet, CronError> {
     let word_len = body.find([' ', '\t']).unwrap_or(body.len());
     let word = &body[..word_len];
     let word_span = offset..offset + word_len;
+    let lower = word.to_ascii_lowercase();
+    let Some((_, expansion)) = MACROS.iter().find(|(name, _)| *name == lower) else {
+        if lower == "@reboot" {
+            return Err(error(
+                "@reboot is not supported: schedules fire at clock times, not at start-up",
+                word_span,
+            ));
+        }
+        let names: Vec<&str> = MACROS.iter().map(|(name, _)| *name).collect();
+        let hint = match closest(&lower, &names) {
+            Some(best) => format!(" (did you mean {best}?)"),
+            None => format!(" (expected one of {})", names.join(", ")),
+        };
+        return Err(error(format!("unknown macro {word:?}{hint}"), word_span));
+    };
     if word_len < body.len() {
         let rest = body[word_len..].trim_start();
         let rest_start = offset + body.len() - rest.len();
         return Err(error(
-            format!("a macro stands alone: unexpected {:?} after {word}", rest),
+            format!("a macro stands alone: unexpected {rest:?} after {word}"),
             rest_start..offset + body.len(),
         ));
     }
-    let lower = word.to_ascii_lowercase();
-    if let Some((_, expansion)) = MACROS.iter().find(|(name, _)| *name == lower) {
-        return parse(expansion);
-    }
-    if lower == "@reboot" {
-        return Err(error(
-            "@reboot is not supported: schedules fire at clock times, not at start-up",
-            word_span,
-        ));
-    }
-    let names: Vec<&str> = MACROS.iter().map(|(name, _)| *name).collect();
-    let hint = match closest(&lower, &names) {
-        Some(best) => format!(" (did you mean {best}?)"),
-        None => format!(" (expected one of {})", names.join(", ")),
-    };
-    Err(error(format!("unknown macro {word:?}{hint}"), word_span))
+    parse(expansion)
 }
 
 /// Splits `expr[start..end]` at runs of spaces and tabs, keeping each field's span.
@@ -246,6 +262,12 @@ fn parse_item(
                 let weekday = parse_value(kind, weekday_text, offset, false)?;
                 value.last_weekdays |= 1 << (weekday % 7);
                 return Ok(());
+            }
+            if upper.ends_with('L') && item.contains(['-', '/', '*']) {
+                return Err(error(
+                    format!("{name}: `L` follows a single weekday, as in `5L` or `FRIL`"),
+                    span,
+                ));
             }
         }
         _ => {}
@@ -423,9 +445,20 @@ fn parse_value(
             return Ok(*number);
         }
         let candidates: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
-        let hint = match closest(&upper, &candidates) {
-            Some(best) => format!(" (did you mean {best}?)"),
-            None => format!(" (expected one of {})", candidates.join(", ")),
+        let other_field = match kind {
+            FieldKind::Month => Some(FieldKind::DayOfWeek),
+            FieldKind::DayOfWeek => Some(FieldKind::Month),
+            _ => None,
+        };
+        let hint = if let Some(other) =
+            other_field.filter(|other| other.names().iter().any(|(n, _)| *n == upper))
+        {
+            format!(" ({upper} is a {} name)", other.name())
+        } else {
+            match closest(&upper, &candidates) {
+                Some(best) => format!(" (did you mean {best}?)"),
+                None => format!(" (expected one of {})", candidates.join(", ")),
+            }
         };
         return Err(error(format!("{name}: unknown name {text:?}{hint}"), span));
     }
@@ -462,14 +495,21 @@ fn describe_char(c: char) -> String {
     }
 }
 
-/// The candidate closest to `word` (Levenshtein distance at most 2, case-insensitive),
-/// for "did you mean" hints.
+/// The candidate closest to `word` for "did you mean" hints: one that `word` starts with
+/// (`JANUARY` -> `JAN`), else the nearest by Levenshtein distance (at most 2),
+/// case-insensitively.
 pub(crate) fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let word = word.to_ascii_lowercase();
+    if let Some(prefix) = candidates
+        .iter()
+        .find(|c| c.len() >= 3 && word.starts_with(&c.to_ascii_lowercase()))
+    {
+        return Some(prefix);
+    }
     candidates
         .iter()
         .map(|c| (strsim::levenshtein(&word, &c.to_ascii_lowercase()), *c))
-        .filter(|(distance, _)| *distance <= 2)
+        .filter(|(distance, _)| *distance <= if word.len() <= 4 { 1 } else { 2 })
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, c)| c)
 }
