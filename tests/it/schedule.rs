@@ -194,6 +194,22 @@ fn start_in_first_half_of_repeated_hour_still_sees_second_occurrences() {
 }
 
 #[test]
+fn start_in_first_half_prefers_remaining_first_occurrences() {
+    // From 01:20 EDT, 01:30 and 01:45 EDT come before the second occurrence of 01:00.
+    assert_fires(
+        "*/15 * * * *",
+        "America/New_York",
+        "2025-11-02T01:20:00-04:00",
+        &[
+            "2025-11-02T01:30:00-04:00",
+            "2025-11-02T01:45:00-04:00",
+            "2025-11-02T01:00:00-05:00",
+            "2025-11-02T01:15:00-05:00",
+        ],
+    );
+}
+
+#[test]
 fn restricted_hour_with_minute_step_fires_first_occurrences_only() {
     assert_fires(
         "*/30 1 * * *",
@@ -2091,7 +2107,19 @@ fn start_instant(
 ) -> DateTime<Utc> {
     let list = transitions(zone_index);
     let base = if near_transition && !list.is_empty() {
-        list[pick % list.len()] + delta % (40 * 3600)
+        // Mostly within three hours of the change (inside a gap's or fold's reach, often
+        // on a whole minute), sometimes anywhere within 40 hours.
+        let window = match delta.rem_euclid(3) {
+            0 => 40 * 3600,
+            _ => 3 * 3600,
+        };
+        let delta = (delta / 3) % window;
+        let delta = if delta % 2 == 0 {
+            delta / 60 * 60
+        } else {
+            delta
+        };
+        list[pick % list.len()] + delta
     } else {
         instant("1900-01-01T00:00:00Z").timestamp() + (pick as i64 % (200 * 365 * 86_400))
     };
