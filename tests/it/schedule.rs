@@ -1605,7 +1605,7 @@ impl Field {
                 Item::Range(a, b) => a <= v && v <= b,
                 Item::Step {
                     start, end, step, ..
-                } => start <= v && v <= end && (v - start) % step == 0,
+                } => start <= v && v <= end && (v - start).is_multiple_of(step),
                 _ => false,
             })
     }
@@ -1718,7 +1718,7 @@ fn render_value(kind: Kind, v: u32, position: Position, next: &mut impl FnMut() 
         _ => None,
     };
     match name {
-        Some(name) if choice % 3 != 0 => match choice % 5 {
+        Some(name) if !choice.is_multiple_of(3) => match choice % 5 {
             0 => name.to_lowercase(),
             1 => {
                 let mut s = name[..1].to_string();
@@ -1768,10 +1768,10 @@ fn render_item(kind: Kind, item: &Item, next: &mut impl FnMut() -> u64) -> Strin
                 )
             }
         }
-        Item::LastDay => if next() % 2 == 0 { "L" } else { "l" }.to_string(),
+        Item::LastDay => if next().is_multiple_of(2) { "L" } else { "l" }.to_string(),
         Item::LastWeekday(w) => {
             let day = render_value(kind, w, Position::Alone, next);
-            format!("{day}{}", if next() % 4 == 0 { "l" } else { "L" })
+            format!("{day}{}", if next().is_multiple_of(4) { "l" } else { "L" })
         }
         Item::Nth(w, k) => format!("{}#{k}", render_value(kind, w, Position::Alone, next)),
     }
@@ -2127,6 +2127,11 @@ fn start_instant(
 }
 
 fn config(cases: u32) -> ProptestConfig {
+    // PROPTEST_CASES overrides the default count for long runs (e.g. in release mode).
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cases);
     ProptestConfig {
         cases,
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
