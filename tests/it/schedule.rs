@@ -1414,6 +1414,77 @@ fn next_corpus_replays() {
     }
 }
 
+/// Every `$ celeriac next --cron ... | --every ...` example in `docs/schedules.md` shows
+/// what the engine computes.
+#[test]
+fn documented_examples_are_what_the_engine_computes() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/schedules.md");
+    let text = std::fs::read_to_string(path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut checked = 0;
+    for (i, line) in lines.iter().enumerate() {
+        let Some(command) = line.strip_prefix("$ celeriac next ") else {
+            continue;
+        };
+        let words = shell_words(command);
+        let flag = |name: &str| {
+            words
+                .iter()
+                .position(|w| w == name)
+                .map(|p| words[p + 1].clone())
+        };
+        let count: usize = flag("--count").unwrap().parse().unwrap();
+        let after = instant(&flag("--after").unwrap());
+        let shown: Vec<&str> = lines[i + 1..i + 1 + count]
+            .iter()
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect();
+        let computed: Vec<String> = if let Some(expr) = flag("--cron") {
+            let s = schedule(&expr, &flag("--tz").unwrap());
+            s.iter_after(after)
+                .take(count)
+                .map(|t| local_rfc3339(t, s.timezone()))
+                .collect()
+        } else {
+            let every = humantime::parse_duration(&flag("--every").unwrap()).unwrap();
+            let anchor = flag("--anchor").map(|a| instant(&a));
+            let s = IntervalSchedule::new(every, anchor).unwrap();
+            let mut out = Vec::new();
+            let mut t = after;
+            for _ in 0..count {
+                t = s.next_after(t).unwrap();
+                out.push(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            }
+            out
+        };
+        assert_eq!(computed, shown, "docs/schedules.md line {}: {line}", i + 1);
+        checked += 1;
+    }
+    assert!(checked >= 15, "only {checked} examples found");
+}
+
+/// Splits a command line at spaces, honouring single quotes.
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '\'' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !current.is_empty() {
+                    words.push(std::mem::take(&mut current));
+                }
+            }
+            _ => current.push(c),
+        }
+    }
+    if !current.is_empty() {
+        words.push(current);
+    }
+    words
+}
+
 // ---------------------------------------------------------------------------------------
 // Intervals, Timing, time zones
 // ---------------------------------------------------------------------------------------
@@ -2001,7 +2072,12 @@ fn field_strategy(
 ) -> BoxedStrategy<Field> {
     let day_field = matches!(kind, Kind::Dom | Kind::Dow);
     prop_oneof![
-        any_weight => any::<bool>().prop_map(move |q| Field { kind, any: true, question: q && day_field, items: vec![] }),
+        any_weight => any::<bool>().prop_map(move |q| Field {
+            kind,
+            any: true,
+            question: q && day_field,
+            items: vec![],
+        }),
         4 => proptest::collection::vec(item_strategy(kind, bias), 1..=3)
             .prop_map(move |items| Field { kind, any: false, question: false, items }),
     ]
@@ -2126,6 +2202,9 @@ fn start_instant(
     DateTime::from_timestamp(base, nanos % 4 * 250_000_000).unwrap()
 }
 
+const MIN_SECONDS: i64 = DateTime::<Utc>::MIN_UTC.timestamp();
+const MAX_SECONDS: i64 = DateTime::<Utc>::MAX_UTC.timestamp();
+
 fn config(cases: u32) -> ProptestConfig {
     // PROPTEST_CASES overrides the default count for long runs (e.g. in release mode).
     let cases = std::env::var("PROPTEST_CASES")
@@ -2146,7 +2225,7 @@ fn config(cases: u32) -> ProptestConfig {
 // ---------------------------------------------------------------------------------------
 
 proptest! {
-    #![proptest_config(config(256))]
+    #![proptest_config(config(1000))]
 
     #[test]
     fn next_after_agrees_with_brute_force_reference(
@@ -2183,11 +2262,19 @@ proptest! {
             let epoch = NaiveDate::from_ymd_opt(1900, 1, 1).unwrap();
             for offset in days {
                 let date = epoch + chrono::Duration::days(offset);
-                prop_assert_eq!(parsed.matches_date(date), expr.date_matches(date), "{:?} on {}", text, date);
+                prop_assert_eq!(
+                    parsed.matches_date(date),
+                    expr.date_matches(date),
+                    "{:?} on {}", text, date
+                );
                 let local = date
                     .and_hms_opt(offset.rem_euclid(24) as u32, offset.rem_euclid(60) as u32, 0)
                     .unwrap();
-                prop_assert_eq!(parsed.matches_local(local), expr.matches(local), "{:?} at {}", text, local);
+                prop_assert_eq!(
+                    parsed.matches_local(local),
+                    expr.matches(local),
+                    "{:?} at {}", text, local
+                );
             }
         }
     }
@@ -2205,7 +2292,9 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_bytes_never_panic_the_parser(bytes in proptest::collection::vec(any::<u8>(), 0..40)) {
+    fn arbitrary_bytes_never_panic_the_parser(
+        bytes in proptest::collection::vec(any::<u8>(), 0..40),
+    ) {
         check_parse_is_total(&String::from_utf8_lossy(&bytes));
     }
 
@@ -2217,10 +2306,10 @@ proptest! {
             // Years 1900..2400.
             -2_208_988_800i64..13_569_465_600,
             // Anywhere chrono can represent.
-            DateTime::<Utc>::MIN_UTC.timestamp()..=DateTime::<Utc>::MAX_UTC.timestamp(),
+            MIN_SECONDS..=MAX_SECONDS,
             // The very ends.
-            (DateTime::<Utc>::MAX_UTC.timestamp() - 40 * 86_400)..=DateTime::<Utc>::MAX_UTC.timestamp(),
-            DateTime::<Utc>::MIN_UTC.timestamp()..=(DateTime::<Utc>::MIN_UTC.timestamp() + 40 * 86_400),
+            (MAX_SECONDS - 40 * 86_400)..=MAX_SECONDS,
+            MIN_SECONDS..=(MIN_SECONDS + 40 * 86_400),
         ],
     ) {
         if let Ok(parsed) = CronExpr::parse(&expr.render()) {
