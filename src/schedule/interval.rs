@@ -13,6 +13,13 @@ use chrono::{DateTime, Utc};
 #[error("{0}")]
 pub struct IntervalError(pub String);
 
+impl IntervalError {
+    /// Never: a bad interval stays bad until the configuration changes.
+    pub fn is_transient(&self) -> bool {
+        false
+    }
+}
+
 const NANOS_PER_SECOND: i128 = 1_000_000_000;
 
 /// `anchor + k * every` for every integer k; the anchor defaults to the Unix epoch.

@@ -40,6 +40,13 @@ pub struct CronExpr {
     fields: FieldSet,
 }
 
+impl CronError {
+    /// Never: a bad expression stays bad until the configuration changes.
+    pub fn is_transient(&self) -> bool {
+        false
+    }
+}
+
 impl PartialEq for CronExpr {
     fn eq(&self, other: &Self) -> bool {
         self.source == other.source

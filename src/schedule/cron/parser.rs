@@ -564,3 +564,46 @@ fn join_or(items: &[&str]) -> String {
         [init @ .., last] => format!("{} or {last}", init.join(", ")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closest_prefers_a_prefix_then_a_near_spelling() {
+        let weekdays = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+        assert_eq!(closest("FRIDAY", &weekdays), Some("FRI"));
+        assert_eq!(closest("fru", &weekdays), Some("FRI"));
+        assert_eq!(closest("XYZ", &weekdays), None);
+        assert_eq!(closest("@dayly", &["@daily", "@hourly"]), Some("@daily"));
+    }
+
+    #[test]
+    fn month_lists_read_as_prose() {
+        assert_eq!(join_or(&["February"]), "February");
+        assert_eq!(join_or(&["April", "June"]), "April or June");
+        assert_eq!(
+            join_or(&["February", "April", "June"]),
+            "February, April or June"
+        );
+    }
+
+    #[test]
+    fn weekday_seven_folds_into_sunday() {
+        let set = parse("0 0 * * 7").unwrap();
+        assert_eq!(set.weekdays, 1);
+        let set = parse("0 0 * * 5-7").unwrap();
+        assert_eq!(set.weekdays, 0b110_0001);
+    }
+
+    #[test]
+    fn restriction_flags_follow_the_exact_field_text() {
+        let set = parse("* * ? * */1").unwrap();
+        assert!(!set.hour_restricted);
+        assert!(!set.day_of_month_restricted);
+        assert!(set.day_of_week_restricted);
+        let set = parse("0 */1 * * ?").unwrap();
+        assert!(set.hour_restricted);
+        assert!(!set.day_of_week_restricted);
+    }
+}
