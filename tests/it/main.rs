@@ -1,4 +1,6 @@
 //! The one integration test binary. Each module tests one area; `util` holds the helpers
 //! (temp dirs, running the real `celeriac` binary, private redis-server processes).
 
+mod broker_contract;
+mod redis_server;
 mod util;
