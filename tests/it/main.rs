@@ -2,5 +2,6 @@
 //! (temp dirs, running the real `celeriac` binary, private redis-server processes).
 
 mod broker_contract;
+mod broker_redis;
 mod redis_server;
 mod util;
