@@ -457,12 +457,11 @@ impl Broker for MemoryBroker {
     }
 
     async fn extend_lease(&self, leases: &[Lease], lease: Duration) -> Result<Vec<bool>> {
-        let out = self.per_lease(leases, |q, l, now| {
+        // No wake-up needed: a reserver sleeping until the old deadline wakes early, finds
+        // nothing expired, and sleeps again.
+        self.per_lease(leases, |q, l, now| {
             q.place(&l.id, Place::Active(now + lease));
-        })?;
-        // Blocked reservers may be sleeping until the old deadline.
-        self.shared.queues_changed.notify_waiters();
-        Ok(out)
+        })
     }
 
     async fn store_result(&self, result: &TaskResult, ttl: Duration) -> Result<()> {

@@ -43,6 +43,8 @@ const LEASE_CHUNK: usize = 500;
 const PURGE_CHUNK: usize = 5000;
 /// Dead letters looked at per requeue script call.
 const DEAD_CHUNK: usize = 500;
+/// Upper bound of `reserve_work_limit` (Lua's `unpack` takes at most ~8000 values).
+const MAX_WORK_LIMIT: usize = 4000;
 /// Extra time given to a blocking command beyond its own timeout before giving up on it.
 const BLOCKING_GRACE: Duration = Duration::from_secs(2);
 
@@ -64,7 +66,7 @@ pub struct RedisBrokerOptions {
     /// Most dead letters kept per queue; the oldest are dropped beyond it.
     pub dead_letter_limit: usize,
     /// Most delayed messages promoted, and most expired leases requeued, per reserve call and
-    /// queue (bounds the time one script call runs).
+    /// queue (bounds the time one script call runs; at most 4000).
     pub reserve_work_limit: usize,
 }
 
@@ -158,14 +160,21 @@ impl RedisBroker {
         self.link.transitions()
     }
 
-    /// Runs a script on the shared connection.
-    async fn eval(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<Value> {
+    /// Runs a script on the broker's shared connection (EVALSHA, loading it on NOSCRIPT),
+    /// with the broker's reconnect handling and error classification. For scripts built on
+    /// [`enqueue_lua_lib`](super::enqueue_lua_lib), such as the beat's fire script.
+    pub async fn invoke_script(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<Value> {
         let c = self.link.get().await?;
         let mut conn = c.conn;
         invocation
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.link.fail(c.generation, e))
+    }
+
+    /// Runs one (non-blocking) command on the broker's shared connection.
+    pub async fn command(&self, cmd: &redis::Cmd) -> Result<Value> {
+        self.query(cmd).await
     }
 
     /// Runs a command (or pipeline) on the shared connection.
@@ -194,7 +203,7 @@ impl RedisBroker {
                     .arg(m.eta.map_or(0, |t| t.timestamp_millis()))
                     .arg(m.to_json());
             }
-            added += int(&self.eval(&inv).await?)? as usize;
+            added += int(&self.invoke_script(&inv).await?)? as usize;
         }
         Ok(added)
     }
@@ -213,8 +222,8 @@ impl RedisBroker {
             .arg(max)
             .arg(lease.as_millis().max(1) as u64)
             .arg(min_priority)
-            .arg(self.options.reserve_work_limit.max(1));
-        parse_reserve(self.eval(&inv).await?)
+            .arg(self.options.reserve_work_limit.clamp(1, MAX_WORK_LIMIT));
+        parse_reserve(self.invoke_script(&inv).await?)
     }
 
     /// Reserves without waiting. Returns the deliveries and, when there are none, when to
@@ -337,7 +346,7 @@ impl RedisBroker {
                 for &i in chunk {
                     inv.arg(&leases[i].id).arg(leases[i].token);
                 }
-                let answers = bools(self.eval(&inv).await?, chunk.len())?;
+                let answers = bools(self.invoke_script(&inv).await?, chunk.len())?;
                 Ok::<_, BrokerError>(chunk.iter().copied().zip(answers).collect::<Vec<_>>())
             })
         });
@@ -473,7 +482,7 @@ impl Broker for RedisBroker {
             .arg(lease.token)
             .arg(bounded_reason(reason))
             .arg(self.options.dead_letter_limit.max(1));
-        Ok(int(&self.eval(&inv).await?)? == 1)
+        Ok(int(&self.invoke_script(&inv).await?)? == 1)
     }
 
     async fn extend_lease(&self, leases: &[Lease], lease: Duration) -> Result<Vec<bool>> {
@@ -490,7 +499,7 @@ impl Broker for RedisBroker {
         inv.key(result_key(&self.options.prefix, &result.id))
             .arg(json)
             .arg(ttl.as_millis().max(1) as u64);
-        self.eval(&inv).await.map(|_| ())
+        self.invoke_script(&inv).await.map(|_| ())
     }
 
     async fn get_result(&self, id: &str) -> Result<Option<TaskResult>> {
@@ -558,7 +567,7 @@ impl Broker for RedisBroker {
         loop {
             let mut inv = SCRIPTS.purge.prepare_invoke();
             inv.key(&keys.all()[..]).arg(PURGE_CHUNK);
-            let removed = int(&self.eval(&inv).await?)? as u64;
+            let removed = int(&self.invoke_script(&inv).await?)? as u64;
             total += removed;
             if removed == 0 {
                 return Ok(total);
@@ -591,7 +600,7 @@ impl Broker for RedisBroker {
                     let take = left.min(DEAD_CHUNK as u64);
                     let mut inv = SCRIPTS.requeue_dead.prepare_invoke();
                     inv.key(&keys.all()[..]).arg("all").arg(take);
-                    let reply = ints(self.eval(&inv).await?)?;
+                    let reply = ints(self.invoke_script(&inv).await?)?;
                     requeued += reply[0] as u64;
                     if reply[1] == 0 {
                         break;
@@ -609,7 +618,7 @@ impl Broker for RedisBroker {
                         .arg(&id)
                         .arg(start)
                         .arg(DEAD_CHUNK);
-                    let reply = ints(self.eval(&inv).await?)?;
+                    let reply = ints(self.invoke_script(&inv).await?)?;
                     if reply[0] > 0 || reply[1] < 0 {
                         return Ok(reply[0] as u64);
                     }
