@@ -194,7 +194,7 @@ impl Link {
         let limit = self.options.connect_timeout + self.options.response_timeout;
         let outcome = match tokio::time::timeout(limit, attempt).await {
             Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(connect_error(&self.url, &e)),
+            Ok(Err(e)) => Err(connect_error(&self.url, &e, self.options.connect_timeout)),
             Err(_) => Err(BrokerError::Unavailable {
                 url: self.url.clone(),
                 reason: format!("no connection within {limit:?}"),
@@ -255,7 +255,7 @@ impl Link {
     /// Turns a failed request on a connection of `generation` into a [`BrokerError`]; when
     /// the failure means the connection is broken, drops it so the next request reconnects.
     pub fn fail(&self, generation: u64, e: RedisError) -> BrokerError {
-        let (error, broken) = classify(&e);
+        let (error, broken) = classify(&e, self.options.response_timeout);
         if broken {
             let mut s = self.state.lock().expect("link state poisoned");
             if s.generation == generation && s.conn.is_some() {
@@ -312,8 +312,8 @@ fn backoff(failures: u32, min: Duration, max: Duration) -> Duration {
     Duration::from_millis(rand::random_range(ms / 2..=ms))
 }
 
-fn connect_error(url: &str, e: &RedisError) -> BrokerError {
-    match classify(e).0 {
+fn connect_error(url: &str, e: &RedisError, timeout: Duration) -> BrokerError {
+    match classify(e, timeout).0 {
         BrokerError::ConnectionLost(_) | BrokerError::Timeout(_) | BrokerError::Busy(_) => {
             BrokerError::Unavailable {
                 url: url.to_string(),
@@ -324,11 +324,12 @@ fn connect_error(url: &str, e: &RedisError) -> BrokerError {
     }
 }
 
-/// The error, and whether the connection it happened on must be replaced.
-fn classify(e: &RedisError) -> (BrokerError, bool) {
+/// The error (`timeout`: the one that applied to the request), and whether the connection it
+/// happened on must be replaced.
+fn classify(e: &RedisError, timeout: Duration) -> (BrokerError, bool) {
     let text = e.to_string();
     if e.is_timeout() {
-        return (BrokerError::Timeout(Duration::ZERO), true);
+        return (BrokerError::Timeout(timeout), true);
     }
     if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
         return (BrokerError::ConnectionLost(text), true);

@@ -116,7 +116,6 @@ impl MemQueue {
     }
 
     /// Adds a message; false when its id is already in the queue.
-    #[allow(clippy::too_many_arguments)]
     fn enqueue(
         &mut self,
         id: &str,
@@ -129,28 +128,18 @@ impl MemQueue {
         if self.entries.contains_key(id) {
             return false;
         }
-        self.entries.insert(
-            id.to_string(),
-            Entry {
-                body,
-                priority,
-                attempt,
-                token: 0,
-                last_error: None,
-                place: Place::Ready(0),
-            },
-        );
+        let entry = Entry {
+            body,
+            priority,
+            attempt,
+            token: 0,
+            last_error: None,
+            place: Place::Ready(0),
+        };
+        self.entries.insert(id.to_string(), entry);
         match eta {
-            Some(at) if at > now => {
-                self.delayed.insert((at, id.to_string()));
-                self.entries.get_mut(id).expect("just inserted").place = Place::Delayed(at);
-            }
-            _ => {
-                self.seq += 1;
-                let seq = self.seq;
-                self.ready.insert((9 - priority, seq, id.to_string()));
-                self.entries.get_mut(id).expect("just inserted").place = Place::Ready(seq);
-            }
+            Some(at) if at > now => self.place(id, Place::Delayed(at)),
+            _ => self.move_to_ready_back(id),
         }
         true
     }

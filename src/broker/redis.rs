@@ -177,16 +177,13 @@ impl RedisBroker {
         self.query(cmd).await
     }
 
-    /// Runs a command (or pipeline) on the shared connection.
-    async fn query<T: redis::FromRedisValue>(&self, cmd: &(impl Query + ?Sized)) -> Result<T> {
+    /// Runs a command on the shared connection and converts the reply.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
         let c = self.link.get().await?;
         let mut conn = c.conn;
-        cmd.run(&mut conn)
+        cmd.query_async(&mut conn)
             .await
             .map_err(|e| self.link.fail(c.generation, e))
-            .and_then(|v| {
-                redis::from_redis_value(v).map_err(|e| BrokerError::Backend(e.to_string()))
-            })
     }
 
     /// Enqueues messages of one queue, in order.
@@ -355,26 +352,6 @@ impl RedisBroker {
             out[i] = ok;
         }
         Ok(out)
-    }
-}
-
-/// A command or a pipeline.
-#[async_trait]
-trait Query: Sync {
-    async fn run(&self, conn: &mut redis::aio::MultiplexedConnection) -> redis::RedisResult<Value>;
-}
-
-#[async_trait]
-impl Query for redis::Cmd {
-    async fn run(&self, conn: &mut redis::aio::MultiplexedConnection) -> redis::RedisResult<Value> {
-        self.query_async(conn).await
-    }
-}
-
-#[async_trait]
-impl Query for redis::Pipeline {
-    async fn run(&self, conn: &mut redis::aio::MultiplexedConnection) -> redis::RedisResult<Value> {
-        self.query_async(conn).await
     }
 }
 
@@ -551,7 +528,12 @@ impl Broker for RedisBroker {
         pipe.cmd("ZCARD").arg(&k.delayed);
         pipe.cmd("ZCARD").arg(&k.active);
         pipe.cmd("LLEN").arg(&k.dead);
-        let counts: Vec<u64> = self.query(&pipe).await?;
+        let c = self.link.get().await?;
+        let mut conn = c.conn;
+        let counts: Vec<u64> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.link.fail(c.generation, e))?;
         let mut stats = QueueStats::default();
         stats.ready.copy_from_slice(&counts[..10]);
         stats.delayed = counts[10];
