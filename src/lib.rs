@@ -5,6 +5,8 @@
 //!
 //! - [`schedule`]: the pure cron / interval / time-zone engine (`next_after`), no clock, no I/O.
 //! - [`config`]: the YAML model, with validation errors that carry `file:line:col`.
+//! - [`broker`]: named priority queues with leases, dead letters and results, on Redis or in
+//!   memory, behind one [`broker::Broker`] trait.
 //! - [`clock`]: the [`clock::Clock`] trait; a system clock and a manual clock for tests.
 //! - [`shutdown`]: turns process signals into a cancellation token and reload events; the
 //!   only module that touches signals.
@@ -14,6 +16,7 @@
 #![deny(clippy::await_holding_lock)]
 
 pub mod beat;
+pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod schedule;

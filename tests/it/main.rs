@@ -1,5 +1,8 @@
 //! The one integration test binary. Each module tests one area; `util` holds the helpers
 //! (temp dirs, running the real `celeriac` binary, private redis-server processes).
 
+mod broker_contract;
+mod broker_redis;
+mod redis_server;
 mod schedule;
 mod util;
