@@ -33,18 +33,59 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     };
     let mut errors = Vec::new();
     let mut sources = Vec::with_capacity(files.len());
-    for file in files {
-        let file: Arc<Path> = Arc::from(file);
-        match read(&file) {
-            Ok(text) => {
-                let parsed = yaml::parse(&text, &file);
-                errors.extend(parsed.errors);
-                sources.push(SourceFile::new(file, text, parsed.root));
+    for result in read_and_parse_all(files) {
+        match result {
+            Ok((source, parse_errors)) => {
+                errors.extend(parse_errors);
+                sources.push(source);
             }
             Err(error) => errors.push(error),
         }
     }
     validate::build(&sources, errors)
+}
+
+type ParseResult = Result<(SourceFile, Vec<ConfigError>), ConfigError>;
+
+/// Reads and parses files, several at a time when there are several (a big configuration
+/// is usually split into many files), returning the results in the files' order.
+fn read_and_parse_all(files: Vec<PathBuf>) -> Vec<ParseResult> {
+    let read_and_parse = |file: &PathBuf| -> ParseResult {
+        let file: Arc<Path> = Arc::from(file.as_path());
+        let text = read(&file)?;
+        let parsed = yaml::parse(&text, &file);
+        Ok((SourceFile::new(file, text, parsed.root), parsed.errors))
+    };
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(files.len());
+    if workers <= 1 {
+        return files.iter().map(read_and_parse).collect();
+    }
+    let mut results: Vec<Option<ParseResult>> = (0..files.len()).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|worker| {
+                let files = &files;
+                scope.spawn(move || {
+                    (worker..files.len())
+                        .step_by(workers)
+                        .map(|i| (i, read_and_parse(&files[i])))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for handle in handles {
+            // A panic in a worker is a bug; re-raise it on the caller's thread.
+            let done = handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            for (i, result) in done {
+                results[i] = Some(result);
+            }
+        }
+    });
+    results.into_iter().flatten().collect()
 }
 
 /// Loads a configuration from text, as if read from `path` (which is only used in

@@ -22,7 +22,7 @@
 pub mod error;
 mod load;
 pub mod model;
-pub mod placeholder;
+mod placeholder;
 mod suggest;
 mod validate;
 pub mod yaml;
@@ -31,5 +31,5 @@ pub use error::{ConfigError, ConfigErrors, Location};
 pub use load::{is_config_file_name, load, load_str};
 pub use model::{
     Builtin, CatchUp, Config, DEFAULT_QUEUE, Expires, MisfirePolicy, Overlap, QueueConfig,
-    RetryPolicy, ScheduleConfig, TaskConfig, TaskKind, render_argv,
+    RetryPolicy, ScheduleConfig, TaskConfig, TaskKind,
 };

@@ -110,7 +110,8 @@ pub struct TaskConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskKind {
     /// A program run directly (never through a shell). Arguments may contain `{{name}}`
-    /// placeholders, filled from the schedule's `args` (see [`render_argv`]).
+    /// placeholders, filled from the schedule's `args` by the worker; validation checks
+    /// that every schedule of the task provides them.
     Command { argv: Vec<String> },
     /// A task built into celeriac.
     Builtin(Builtin),
@@ -310,30 +311,6 @@ pub enum Expires {
     After(Duration),
 }
 
-/// Fills `{{name}}` placeholders in a command's arguments from a schedule's (or an ad-hoc
-/// enqueue's) `args` object. Strings are inserted as they are, other values as JSON.
-/// Fails with the name of the first placeholder that `args` does not provide.
-pub fn render_argv(argv: &[String], args: &serde_json::Value) -> Result<Vec<String>, String> {
-    argv.iter()
-        .map(|arg| {
-            let mut out = String::with_capacity(arg.len());
-            for piece in super::placeholder::split(arg) {
-                match piece {
-                    super::placeholder::Piece::Text(text) => out.push_str(text),
-                    super::placeholder::Piece::Placeholder(name) => {
-                        match args.as_object().and_then(|o| o.get(name)) {
-                            Some(serde_json::Value::String(s)) => out.push_str(s),
-                            Some(value) => out.push_str(&value.to_string()),
-                            None => return Err(name.to_string()),
-                        }
-                    }
-                }
-            }
-            Ok(out)
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,23 +331,5 @@ mod tests {
         let delays: Vec<u64> = (1..=5).map(|n| policy.delay(n).as_secs()).collect();
         assert_eq!(delays, [10, 20, 40, 60, 60]);
         assert_eq!(policy.delay(200), Duration::from_secs(60));
-    }
-
-    #[test]
-    fn render_argv_fills_placeholders() {
-        let argv = vec![
-            "/bin/cleanup".to_string(),
-            "--days={{days}}".to_string(),
-            "{{ path }}".to_string(),
-        ];
-        let args = serde_json::json!({"days": 7, "path": "/tmp"});
-        assert_eq!(
-            render_argv(&argv, &args).unwrap(),
-            ["/bin/cleanup", "--days=7", "/tmp"]
-        );
-        assert_eq!(
-            render_argv(&argv, &serde_json::json!({"days": 1})),
-            Err("path".to_string())
-        );
     }
 }

@@ -1,42 +1,9 @@
 //! `{{name}}` placeholders in command arguments.
 //!
 //! A command such as `["/bin/cleanup", "--days", "{{days}}"]` takes its values from the
-//! schedule's `args`. Names are letters, digits, `_`, `-` and `.`; spaces inside the braces
-//! are allowed (`{{ days }}`). `{{` always starts a placeholder: there is no escape, and a
-//! malformed one is a configuration error rather than a literal.
-
-/// A part of an argument: literal text, or the name inside a placeholder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Piece<'a> {
-    Text(&'a str),
-    Placeholder(&'a str),
-}
-
-/// Splits an argument into text and placeholders. Malformed placeholders are kept as text
-/// (validation reports them with [`check`]).
-pub fn split(arg: &str) -> Vec<Piece<'_>> {
-    let mut pieces = Vec::new();
-    let mut rest = arg;
-    while let Some(start) = rest.find("{{") {
-        match parse_at(&rest[start..]) {
-            Ok((name, len)) => {
-                if start > 0 {
-                    pieces.push(Piece::Text(&rest[..start]));
-                }
-                pieces.push(Piece::Placeholder(name));
-                rest = &rest[start + len..];
-            }
-            Err(_) => {
-                pieces.push(Piece::Text(&rest[..start + 2]));
-                rest = &rest[start + 2..];
-            }
-        }
-    }
-    if !rest.is_empty() {
-        pieces.push(Piece::Text(rest));
-    }
-    pieces
-}
+//! schedule's `args`; the worker fills them in. The name is the text between the braces,
+//! trimmed (`{{ days }}` is `days`). `{{` always starts a placeholder: there is no escape,
+//! and an unterminated or empty one is a configuration error rather than a literal.
 
 /// The placeholder names used in an argument, or what is wrong with it.
 pub fn check(arg: &str) -> Result<Vec<&str>, String> {
@@ -51,21 +18,22 @@ pub fn check(arg: &str) -> Result<Vec<&str>, String> {
 }
 
 /// Parses the placeholder at the start of `s` (which starts with `{{`): its name and length.
+/// The name is what lies between the braces, trimmed, exactly as the worker reads it when
+/// it fills the placeholder (`worker::command::render_arg`).
 fn parse_at(s: &str) -> Result<(&str, usize), String> {
-    let malformed = || {
-        let shown: String = s.chars().take(24).collect();
-        format!("malformed placeholder `{shown}`; placeholders look like `{{{{name}}}}`")
-    };
+    let shown = || s.chars().take(24).collect::<String>();
     let Some(end) = s.find("}}") else {
-        return Err(malformed());
+        return Err(format!(
+            "unterminated placeholder `{}`; placeholders look like `{{{{name}}}}`",
+            shown()
+        ));
     };
-    let name = s[2..end].trim_matches(' ');
-    let valid = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if !valid {
-        return Err(malformed());
+    let name = s[2..end].trim();
+    if name.is_empty() {
+        return Err(format!(
+            "empty placeholder `{}`; placeholders look like `{{{{name}}}}`",
+            &s[..end + 2]
+        ));
     }
     Ok((name, end + 2))
 }
@@ -83,25 +51,15 @@ mod tests {
     }
 
     #[test]
-    fn rejects_malformed_placeholders() {
+    fn rejects_unterminated_and_empty_placeholders() {
         assert_eq!(
             check("{{days"),
-            Err("malformed placeholder `{{days`; placeholders look like `{{name}}`".into())
+            Err("unterminated placeholder `{{days`; placeholders look like `{{name}}`".into())
         );
-        assert!(check("{{}}").is_err());
-        assert!(check("{{a b}}").is_err());
-    }
-
-    #[test]
-    fn splits_text_and_placeholders() {
         assert_eq!(
-            split("a{{x}}b{{y}}"),
-            [
-                Piece::Text("a"),
-                Piece::Placeholder("x"),
-                Piece::Text("b"),
-                Piece::Placeholder("y")
-            ]
+            check("x{{ }}y"),
+            Err("empty placeholder `{{ }}`; placeholders look like `{{name}}`".into())
         );
+        assert_eq!(check("{{a b}}"), Ok(vec!["a b"]));
     }
 }

@@ -8,24 +8,32 @@ pub fn closest<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -
     let input_len = input.chars().count();
     let mut best: Option<(f64, &'a str)> = None;
     for candidate in candidates {
-        if candidate.eq_ignore_ascii_case(input) {
-            return Some(candidate);
-        }
-        let len = candidate.chars().count();
-        let limit = (input_len.max(len) / 3).max(1);
-        // One contains the other: `zone` -> `timezone`, `cron_expr` -> `cron`.
-        let contained = input_len.min(len) >= 4
-            && (candidate.to_lowercase().contains(&input.to_lowercase())
-                || input.to_lowercase().contains(&candidate.to_lowercase()));
-        // Cheap filter first: the edit measures cannot match very different lengths.
-        if !contained && input_len.abs_diff(len) > limit.max(len / 2) {
-            continue;
-        }
-        let similarity = strsim::jaro_winkler(input, candidate);
-        let close = contained
-            || similarity >= 0.85
-            || strsim::damerau_levenshtein(input, candidate) <= limit;
-        if close && best.is_none_or(|(s, _)| similarity > s) {
+        let similarity = if candidate.eq_ignore_ascii_case(input) {
+            2.0
+        } else {
+            let len = candidate.chars().count();
+            let limit = (input_len.max(len) / 3).max(1);
+            // One contains the other: `zone` -> `timezone`, `cron_expr` -> `cron`.
+            let contained = input_len.min(len) >= 4
+                && (candidate.to_lowercase().contains(&input.to_lowercase())
+                    || input.to_lowercase().contains(&candidate.to_lowercase()));
+            // Cheap filter first: the edit measures cannot match very different lengths.
+            if !contained && input_len.abs_diff(len) > limit.max(len / 2) {
+                continue;
+            }
+            let similarity = strsim::jaro_winkler(input, candidate);
+            let close = contained
+                || similarity >= 0.85
+                || strsim::damerau_levenshtein(input, candidate) <= limit;
+            if !close {
+                continue;
+            }
+            similarity
+        };
+        // Ties go to the smaller name, so that the answer does not depend on the order of
+        // the candidates (they may come from a hash set).
+        let better = best.is_none_or(|(s, c)| similarity > s || (similarity == s && candidate < c));
+        if better {
             best = Some((similarity, candidate));
         }
     }

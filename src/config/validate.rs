@@ -7,7 +7,7 @@
 //! names a task whose own definition is broken is not reported again, since the task name
 //! itself exists.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -24,7 +24,9 @@ use super::model::{
 use super::placeholder;
 use super::suggest::{closest, closest_zone, did_you_mean, one_of};
 use super::yaml::{Node, NodeValue};
-use crate::schedule::{CronExpr, CronSchedule, IntervalSchedule, Timing, parse_timezone};
+use crate::schedule::{
+    CronError, CronExpr, CronSchedule, IntervalSchedule, Timing, parse_timezone,
+};
 
 /// One parsed configuration file.
 pub(crate) struct SourceFile {
@@ -98,6 +100,8 @@ const DURATION_UNITS: &[&str] = &[
 ];
 const BROKER_SCHEMES: &[&str] = &["redis://", "rediss://", "unix://", "redis+unix://"];
 const MAX_NAME_LEN: usize = 200;
+/// Schedules per thread below which validating them in parallel is not worth it.
+const PARALLEL_SCHEDULES_MIN: usize = 2_000;
 
 /// Validates parsed files (in load order) into a configuration. `errors` are the problems
 /// found while reading and parsing; they are reported together with the rest.
@@ -105,7 +109,7 @@ pub(crate) fn build(
     files: &[SourceFile],
     errors: Vec<ConfigError>,
 ) -> Result<Config, ConfigErrors> {
-    let mut checker = Checker { files, errors };
+    let mut checker = Checker::new(files, errors);
     let merged = checker.merge();
     let config = checker.config(&merged);
     if checker.errors.is_empty() {
@@ -167,9 +171,20 @@ impl<'a> Fields<'a> {
 struct Checker<'a> {
     files: &'a [SourceFile],
     errors: Vec<ConfigError>,
+    /// Parsed cron expressions by text: large configurations repeat a few expressions
+    /// many times, and parsing is the most expensive part of validation.
+    crons: HashMap<&'a str, Result<CronExpr, CronError>>,
 }
 
 impl<'a> Checker<'a> {
+    fn new(files: &'a [SourceFile], errors: Vec<ConfigError>) -> Self {
+        Checker {
+            files,
+            errors,
+            crons: HashMap::new(),
+        }
+    }
+
     fn error(&mut self, loc: &Location, message: impl Into<String>) {
         self.errors.push(ConfigError::at(loc, message));
     }
@@ -590,14 +605,58 @@ impl<'a> Checker<'a> {
             placeholders: &placeholders,
             timezone: config.timezone,
         };
-        let mut schedules = BTreeMap::new();
-        for named in &merged.schedules {
-            if let Some(schedule) = self.schedule(named, &names) {
-                schedules.insert(named.name.clone(), schedule);
-            }
-        }
-        config.schedules = schedules;
+        config.schedules = self.schedules(&merged.schedules, &names);
         config
+    }
+
+    /// Validates schedules; a large number of them is split over several threads (each
+    /// schedule is checked on its own, so only the errors need merging).
+    fn schedules(
+        &mut self,
+        all: &[Named<'a>],
+        names: &Names<'_>,
+    ) -> BTreeMap<String, ScheduleConfig> {
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(all.len() / PARALLEL_SCHEDULES_MIN)
+            .max(1);
+        if workers == 1 {
+            return all
+                .iter()
+                .filter_map(|named| Some((named.name.clone(), self.schedule(named, names)?)))
+                .collect();
+        }
+        let files = self.files;
+        let results = std::thread::scope(|scope| {
+            let handles: Vec<_> = all
+                .chunks(all.len().div_ceil(workers))
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        let mut checker = Checker::new(files, Vec::new());
+                        let schedules: Vec<(String, ScheduleConfig)> = chunk
+                            .iter()
+                            .filter_map(|named| {
+                                Some((named.name.clone(), checker.schedule(named, names)?))
+                            })
+                            .collect();
+                        (schedules, checker.errors)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect::<Vec<_>>()
+        });
+        let mut schedules = BTreeMap::new();
+        for (chunk, errors) in results {
+            schedules.extend(chunk);
+            self.errors.extend(errors);
+        }
+        schedules
     }
 
     fn broker(&mut self, node: &Node) -> Option<String> {
@@ -621,6 +680,16 @@ impl<'a> Checker<'a> {
     /// task has other errors, so that schedules are still checked against them).
     fn task(&mut self, named: &Named<'a>, used: &mut Vec<String>) -> Option<TaskConfig> {
         let name = &named.name;
+        if let Some(builtin) = named.value.as_str().and_then(Builtin::from_name) {
+            self.error(
+                &named.value.loc,
+                format!(
+                    "expected a mapping of settings for task `{name}`, found a string; \
+                     write `{name}: {{builtin: {builtin}}}`"
+                ),
+            );
+            return None;
+        }
         let fields = self.fields(
             named.value,
             TASK_KEYS,
@@ -932,7 +1001,7 @@ impl<'a> Checker<'a> {
     }
 
     /// A reference to a named task or queue, which must exist.
-    fn reference(&mut self, node: &Node, what: &str, known: &[&str]) -> Option<String> {
+    fn reference(&mut self, node: &Node, what: &str, known: &HashSet<&str>) -> Option<String> {
         let name = match &node.value {
             NodeValue::Str(s) => s.clone(),
             NodeValue::Int(i) => i.to_string(),
@@ -1003,9 +1072,14 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn cron(&mut self, node: &Node) -> Option<CronExpr> {
+    fn cron(&mut self, node: &'a Node) -> Option<CronExpr> {
         let expr = self.string(node, "cron")?;
-        match CronExpr::parse(expr) {
+        let parsed = self
+            .crons
+            .entry(expr)
+            .or_insert_with(|| CronExpr::parse(expr))
+            .clone();
+        match parsed {
             Ok(parsed) => Some(parsed),
             Err(e) => {
                 let loc = self.inside_string(node, expr, e.span.as_ref().map(|s| s.start));
@@ -1212,8 +1286,8 @@ impl<'a> Checker<'a> {
 struct Names<'n> {
     /// Every defined task name (also those whose definitions have errors, to avoid
     /// follow-on errors).
-    tasks: Vec<&'n str>,
-    queues: Vec<&'n str>,
+    tasks: HashSet<&'n str>,
+    queues: HashSet<&'n str>,
     /// Placeholders used by each command task (each name once).
     placeholders: &'n HashMap<&'n str, Vec<String>>,
     timezone: Tz,

@@ -622,7 +622,10 @@ impl Builder {
                         self.errors.push(
                             ConfigError::at(
                                 &key.loc,
-                                format!("duplicate key `{name}` (first defined at {first_loc})"),
+                                format!(
+                                    "duplicate key `{name}` (first defined on line {})",
+                                    first_loc.line
+                                ),
                             )
                             .with_related(first_loc),
                         );
@@ -950,7 +953,7 @@ mod tests {
         let parsed = parse("a: 1\nb: 2\na: 3\n", &file());
         assert_eq!(
             parsed.errors[0].to_string(),
-            "t.yaml:3:1: duplicate key `a` (first defined at t.yaml:1:1)"
+            "t.yaml:3:1: duplicate key `a` (first defined on line 1)"
         );
         let root = parsed.root.unwrap();
         assert_eq!(root.as_map().unwrap().len(), 2);
@@ -963,7 +966,7 @@ mod tests {
         text.push_str("k42: again\n");
         assert_eq!(
             parse_err(&text),
-            "t.yaml:101:1: duplicate key `k42` (first defined at t.yaml:43:1)"
+            "t.yaml:101:1: duplicate key `k42` (first defined on line 43)"
         );
     }
 
