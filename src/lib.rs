@@ -13,7 +13,9 @@
 //! variables: the binary does that and passes values in.
 #![deny(clippy::await_holding_lock)]
 
+pub mod beat;
 pub mod clock;
 pub mod config;
 pub mod schedule;
 pub mod shutdown;
+pub mod worker;

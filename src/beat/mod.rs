@@ -1,0 +1,4 @@
+//! The beat: keeps every schedule's next tick, and when one comes, fires it exactly once.
+
+pub mod agenda;
+pub mod misfire;
