@@ -194,6 +194,34 @@ fn realistic_example_loads_to_the_expected_model() {
     );
 }
 
+/// The example configuration that `celeriac run -c schedules/` uses out of the box.
+#[test]
+fn the_shipped_example_configuration_is_valid() {
+    let config = config::load(Path::new("schedules")).unwrap_or_else(|errors| panic!("{errors}"));
+    assert_eq!(config.summary(), "4 schedules, 3 tasks, 2 queues");
+    assert_eq!(config.timezone, "Asia/Shanghai".parse::<Tz>().unwrap());
+    assert_eq!(config.broker.as_deref(), Some("memory"));
+}
+
+/// The YAML examples in docs/configuration.md are valid (the complete ones load; the
+/// fragments parse).
+#[test]
+fn the_documented_examples_are_valid() {
+    let doc = std::fs::read_to_string("docs/configuration.md").unwrap();
+    let blocks: Vec<&str> = doc
+        .split("```yaml\n")
+        .skip(1)
+        .map(|rest| rest.split("```").next().unwrap())
+        .collect();
+    assert!(blocks.len() >= 3);
+    let full = load_text(blocks[0]);
+    assert_eq!(full.summary(), "1 schedule, 2 tasks, 2 queues");
+    for block in &blocks[1..] {
+        let parsed = yaml::parse(block, &std::sync::Arc::from(Path::new("doc.yaml")));
+        assert!(parsed.errors.is_empty(), "{block}\n{:?}", parsed.errors);
+    }
+}
+
 #[test]
 fn defaults_apply_when_keys_are_left_out() {
     let config = load_text(
