@@ -467,7 +467,19 @@ impl Builder {
                 self.complete(node);
             }
             Event::Scalar(text, style, anchor, tag) => {
-                let loc = self.loc(mark);
+                let mut loc = self.loc(mark);
+                // An omitted value (`key:` and nothing) is marked where the next token
+                // starts, possibly lines later; the key is the better place to point at.
+                if text.is_empty()
+                    && style == TScalarStyle::Plain
+                    && tag.is_none()
+                    && let Some(Frame::Map {
+                        pending_key: Some((key, _)),
+                        ..
+                    }) = self.stack.last()
+                {
+                    loc = key.loc.clone();
+                }
                 let value = resolve_scalar(text, style, tag.as_ref())
                     .map_err(|message| ConfigError::at(&loc, message))?;
                 let node = Node { value, loc };
@@ -880,6 +892,15 @@ mod tests {
         assert_eq!(pos(&list[1]), (4, 10));
         assert_eq!(pos(&list[2]), (4, 15));
         assert_eq!(pos(&list[2].as_map().unwrap()[0].1), (4, 19));
+    }
+
+    #[test]
+    fn an_omitted_value_is_located_at_its_key() {
+        let root = parse_ok("a:\nb: 1\nc:\n");
+        let entries = root.as_map().unwrap();
+        assert_eq!(entries[0].1.value, NodeValue::Null);
+        assert_eq!(pos(&entries[0].1), (1, 1));
+        assert_eq!(pos(&entries[2].1), (3, 1));
     }
 
     #[test]

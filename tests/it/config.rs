@@ -368,6 +368,15 @@ fn wrong_types_say_what_was_expected_and_found() {
         error_of(&with_schedule("task: noop\nevery: 1m\nkwargs: [1]")),
         "cfg.yaml:8:13: expected a mapping for `kwargs`, found a list"
     );
+    // An omitted value is reported at its key (found by fuzzing: it used to point past
+    // the end of the file).
+    assert_eq!(
+        error_of(&format!(
+            "{}    overlap:",
+            with_schedule("task: noop\nevery: 1m")
+        )),
+        "cfg.yaml:8:5: expected `allow` or `skip` for `overlap`, found nothing (null)"
+    );
     assert_eq!(
         error_of("broker: 6379\n"),
         "cfg.yaml:1:9: expected a string for `broker`, found an integer"
@@ -1034,9 +1043,74 @@ const YAML_PIECES: &[&str] = &[
     "all",
 ];
 
+const SCHEDULE_FUZZ_KEYS: &[&str] = &[
+    "task", "task", "cron", "every", "every", "anchor", "timezone", "args", "kwargs", "queue",
+    "priority", "misfire", "overlap", "expires", "enabled", "tsk", "interval",
+];
+
+const FUZZ_VALUES: &[&str] = &[
+    "1",
+    "-1",
+    "0",
+    "10",
+    "1.5",
+    "0.0001",
+    ".nan",
+    "1e400",
+    "99999999999999999999",
+    "~",
+    "",
+    "true",
+    "yes",
+    "noop",
+    "nop",
+    "cleanup",
+    "default",
+    "reports",
+    "nowhere",
+    "90s",
+    "0s",
+    "'90'",
+    "5 minutez",
+    "1h30m",
+    "[]",
+    "{}",
+    "[1, 2]",
+    "{a: 1}",
+    "{days: 7}",
+    "{days: .inf}",
+    "{1: a, '1': b}",
+    "'*/5 * * * *'",
+    "\"61 * * * *\"",
+    "'0 0 30 2 *'",
+    "'@daily'",
+    "'@nope'",
+    "\"0 9 * * MON-FRI\"",
+    "'0  61 * * *'",
+    "\"\\t0 61 * * *\"",
+    "'it''s 61 * * *'",
+    "2024-01-01T00:00:00Z",
+    "2024-01-01",
+    "Asia/Shanghai",
+    "Shanghai",
+    "Mars/X",
+    "'{{x}}'",
+    "[/bin/echo, '{{days}}']",
+    "{grace: 1m, catch_up: all, max: 2}",
+    "{max: 3}",
+    "{catch_up: lates}",
+    "{grace: [1]}",
+    "auto",
+    "never",
+    "sometimes",
+    "allow",
+    "skip",
+    "|\n      multi\n      line",
+    ">\n      0 61\n      * * *",
+];
+
 fn fuzz_config() -> ProptestConfig {
     ProptestConfig {
-        cases: 512,
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
             "tests/fixtures/config/fuzz/proptest-regressions.txt",
         ))),
@@ -1077,6 +1151,50 @@ proptest! {
         pieces in proptest::collection::vec(proptest::sample::select(YAML_PIECES), 0..60)
     ) {
         check_never_panics(&pieces.concat());
+    }
+
+    /// Well-formed YAML with schedules made of random keys and values (right and wrong):
+    /// the validator never panics, and every error points inside the text.
+    #[test]
+    fn random_schedules_never_panic(
+        schedules in proptest::collection::vec(
+            proptest::collection::vec(
+                (proptest::sample::select(SCHEDULE_FUZZ_KEYS), proptest::sample::select(FUZZ_VALUES)),
+                0..8,
+            ),
+            0..6,
+        )
+    ) {
+        let mut text = String::from(
+            "queues: {reports: {}}\ntasks:\n  noop: {builtin: noop}\n  \
+             cleanup: {command: [/bin/cleanup, '{{days}}'], retry: {max: 2}}\nschedules:\n",
+        );
+        for (i, entries) in schedules.iter().enumerate() {
+            text.push_str(&format!("  s{i}:\n"));
+            let mut seen = BTreeSet::new();
+            for (key, value) in entries {
+                if seen.insert(*key) {
+                    text.push_str(&format!("    {key}: {value}\n"));
+                }
+            }
+        }
+        let line_count = text.lines().count() as u32;
+        if let Err(errors) = config::load_str(&text, Path::new("fuzz.yaml")) {
+            for error in &errors {
+                let loc = error.loc.as_ref().expect("errors in text have a position");
+                prop_assert!(loc.line >= 1, "{error}\n{text}");
+                // The end of the text (after the last newline) is a position too.
+                let line = text.lines().nth(loc.line as usize - 1).unwrap_or("");
+                prop_assert!(
+                    loc.line <= line_count || (loc.line == line_count + 1 && loc.col == 1),
+                    "{error}\n{text}"
+                );
+                prop_assert!(
+                    (loc.col as usize) <= line.chars().count() + 1,
+                    "{error}\n{text}"
+                );
+            }
+        }
     }
 
     /// Generated valid configurations load, and the model holds what was written.
