@@ -540,14 +540,17 @@ impl<'a> Checker<'a> {
 
     fn timezone(&mut self, node: &Node) -> Option<Tz> {
         let name = self.string(node, "timezone")?;
-        match parse_timezone(name) {
-            Ok(tz) => Some(tz),
-            Err(message) => {
-                let help = did_you_mean(closest_zone(name));
-                self.error(&node.loc, format!("{message}{help}"));
-                None
-            }
+        // The engine's parser decides what is a zone; the message is ours, in the style of
+        // the other configuration errors.
+        if let Ok(tz) = parse_timezone(name) {
+            return Some(tz);
         }
+        let help = match closest_zone(name) {
+            Some(zone) => format!("; did you mean `{zone}`?"),
+            None => " (expected an IANA name such as `Europe/Berlin`)".to_string(),
+        };
+        self.error(&node.loc, format!("unknown time zone `{name}`{help}"));
+        None
     }
 
     // ----- the configuration ---------------------------------------------------------

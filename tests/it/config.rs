@@ -220,6 +220,25 @@ fn the_documented_examples_are_valid() {
         let parsed = yaml::parse(block, &std::sync::Arc::from(Path::new("doc.yaml")));
         assert!(parsed.errors.is_empty(), "{block}\n{:?}", parsed.errors);
     }
+
+    // The error example: the files it shows (blocks starting with `# schedules/NAME`)
+    // give exactly the errors it shows.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("schedules")).unwrap();
+    for block in &blocks {
+        if let Some(name) = block.strip_prefix("# schedules/") {
+            let name = name.lines().next().unwrap();
+            std::fs::write(dir.path().join("schedules").join(name), block).unwrap();
+        }
+    }
+    let shown = doc
+        .split("```text\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .unwrap();
+    let errors = config::load(&dir.path().join("schedules")).unwrap_err();
+    let prefix = format!("{}/", dir.path().display());
+    assert_eq!(errors.to_string().replace(&prefix, ""), shown.trim_end());
 }
 
 #[test]
@@ -471,7 +490,8 @@ fn unknown_zone_suggests_a_zone() {
         error_of(&with_schedule(
             "task: noop\ncron: '0 0 * * *'\ntimezone: Mars/Base"
         )),
-        "cfg.yaml:8:15: unknown time zone `Mars/Base`"
+        "cfg.yaml:8:15: unknown time zone `Mars/Base` (expected an IANA name such as \
+         `Europe/Berlin`)"
     );
 }
 
@@ -510,7 +530,7 @@ fn timing_needs_exactly_one_of_cron_and_every() {
     );
     assert_eq!(
         error_of(&with_schedule("task: noop\nevery: 500ms")),
-        "cfg.yaml:7:12: invalid `every`: interval must be at least 1s"
+        "cfg.yaml:7:12: invalid `every`: interval must be at least 1s, got 500ms"
     );
 }
 

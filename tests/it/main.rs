@@ -2,4 +2,5 @@
 //! (temp dirs, running the real `celeriac` binary, private redis-server processes).
 
 mod config;
+mod schedule;
 mod util;
