@@ -1,1 +1,345 @@
-fn main() {}
+//! The `celeriac` binary: parse the command line, set up logging, call the library, and map
+//! errors to exit codes (0 ok, 2 usage, 78 configuration error, 69 broker unavailable, 1 other).
+//! anyhow lives only here.
+
+mod cli;
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::anyhow;
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+use chrono_tz::Tz;
+use clap::Parser;
+
+use celeriac::config::{self, ConfigErrors};
+use celeriac::schedule::{self, CronExpr, CronSchedule, IntervalSchedule, Timing};
+use cli::{Cli, Command, LogFormat, NextArgs};
+
+/// Exit codes (sysexits.h where one fits).
+const EXIT_USAGE: u8 = 2;
+const EXIT_CONFIG: u8 = 78;
+
+/// An error that carries its own exit code and has already been worded for the user.
+#[derive(Debug)]
+struct Exit {
+    code: u8,
+    message: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+fn usage(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Exit {
+        code: EXIT_USAGE,
+        message: message.into(),
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log, cli.log_format);
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => report(err),
+    }
+}
+
+fn report(err: anyhow::Error) -> ExitCode {
+    if let Some(errors) = err.downcast_ref::<ConfigErrors>() {
+        let mut stderr = std::io::stderr().lock();
+        for e in errors.iter() {
+            let _ = writeln!(stderr, "{e}");
+        }
+        let n = errors.len();
+        let _ = writeln!(
+            stderr,
+            "celeriac: configuration is invalid ({n} error{})",
+            if n == 1 { "" } else { "s" }
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    if let Some(exit) = err.downcast_ref::<Exit>() {
+        eprintln!("celeriac: {}", exit.message);
+        return ExitCode::from(exit.code);
+    }
+    eprintln!("celeriac: {err:#}");
+    ExitCode::FAILURE
+}
+
+fn init_tracing(filter: &str, format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|e| {
+        eprintln!("celeriac: invalid log filter `{filter}` ({e}); using `info`");
+        EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Check(args) => cmd_check(&args.config),
+        Command::Next(args) => cmd_next(args),
+        Command::Run(_) => not_yet("run", 5),
+        Command::Beat(_) => not_yet("beat", 5),
+        Command::Worker(_) => not_yet("worker", 4),
+        Command::Enqueue(_) => not_yet("enqueue", 4),
+        Command::Result(_) => not_yet("result", 4),
+        Command::Purge(_) => not_yet("purge", 4),
+        Command::Status(_) => not_yet("status", 6),
+        Command::Trigger(_) => not_yet("trigger", 6),
+        Command::Pause(_) => not_yet("pause", 6),
+        Command::Resume(_) => not_yet("resume", 6),
+        Command::Why(_) => not_yet("why", 6),
+    }
+}
+
+fn not_yet(what: &str, issue: u32) -> anyhow::Result<()> {
+    Err(anyhow!(
+        "`celeriac {what}` is not implemented yet (tracked in issue {issue})"
+    ))
+}
+
+fn load_config(path: &std::path::Path) -> anyhow::Result<config::Config> {
+    Ok(config::load(path)?)
+}
+
+fn cmd_check(path: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = load_config(path)?;
+    println!("{}: ok ({})", path.display(), cfg.summary());
+    Ok(())
+}
+
+/// Parses `--after`: RFC 3339, or a local wall-clock time (`2025-03-09T01:30[:00]`) in `tz`.
+fn parse_instant(s: &str, tz: Tz) -> anyhow::Result<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s.trim()) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+    ] {
+        if let Ok(naive) = NaiveDateTime::parse_from_str(s.trim(), fmt) {
+            // A wall time that happens twice means its first occurrence; one that is
+            // skipped by a DST gap is rejected rather than guessed.
+            return tz
+                .from_local_datetime(&naive)
+                .earliest()
+                .map(|t| t.with_timezone(&Utc))
+                .ok_or_else(|| {
+                    usage(format!(
+                        "`{s}` does not exist in {tz} (skipped by a DST change)"
+                    ))
+                });
+        }
+    }
+    Err(usage(format!(
+        "invalid instant `{s}`: expected RFC 3339 such as 2025-03-09T01:30:00-05:00, or a local time such as 2025-03-09T01:30"
+    )))
+}
+
+fn format_instant(t: DateTime<Utc>, tz: Tz) -> String {
+    t.with_timezone(&tz)
+        .to_rfc3339_opts(SecondsFormat::AutoSi, false)
+}
+
+fn fires(timing: &Timing, after: DateTime<Utc>, count: usize) -> Vec<DateTime<Utc>> {
+    let mut out = Vec::with_capacity(count);
+    let mut t = after;
+    while out.len() < count {
+        match timing.next_after(t) {
+            Some(next) => {
+                out.push(next);
+                t = next;
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+fn cmd_next(args: NextArgs) -> anyhow::Result<()> {
+    if args.cron.is_some() || args.every.is_some() {
+        return next_expression(&args);
+    }
+    let path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("schedules"));
+    next_configured(&path, &args)
+}
+
+fn next_expression(args: &NextArgs) -> anyhow::Result<()> {
+    let tz = match &args.tz {
+        Some(name) => schedule::parse_timezone(name).map_err(usage)?,
+        None => Tz::UTC,
+    };
+    let after = match &args.after {
+        Some(s) => parse_instant(s, tz)?,
+        None => Utc::now(),
+    };
+    let timing = if let Some(expr) = &args.cron {
+        let expr = CronExpr::parse(expr).map_err(|e| {
+            usage(match &e.span {
+                Some(span) => format!(
+                    "invalid cron expression `{expr}`: {}\n  {expr}\n  {}{}",
+                    e.message,
+                    " ".repeat(expr[..span.start].chars().count()),
+                    "^".repeat(expr[span.clone()].chars().count().max(1))
+                ),
+                None => format!("invalid cron expression `{expr}`: {}", e.message),
+            })
+        })?;
+        Timing::Cron(CronSchedule::new(expr, tz))
+    } else {
+        let every = args.every.expect("checked by caller");
+        let anchor = match &args.anchor {
+            Some(s) => Some(parse_instant(s, tz)?),
+            None => None,
+        };
+        Timing::Interval(IntervalSchedule::new(every, anchor).map_err(|e| usage(e.to_string()))?)
+    };
+    let list = fires(&timing, after, args.count);
+    let lines: Vec<String> = list.iter().map(|t| format_instant(*t, tz)).collect();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string(&lines)?)?;
+    } else {
+        for line in &lines {
+            writeln!(out, "{line}")?;
+        }
+    }
+    if list.len() < args.count && !args.json {
+        eprintln!("celeriac: no further fire within the 30-year search horizon");
+    }
+    Ok(())
+}
+
+fn describe_timing(timing: &Timing) -> String {
+    match timing {
+        Timing::Cron(c) => format!("cron {}", c.expr().source()),
+        Timing::Interval(i) => {
+            let every = humantime::format_duration(i.every());
+            if i.anchor() == DateTime::UNIX_EPOCH {
+                format!("every {every}")
+            } else {
+                format!(
+                    "every {every} from {}",
+                    i.anchor().to_rfc3339_opts(SecondsFormat::AutoSi, true)
+                )
+            }
+        }
+    }
+}
+
+fn next_configured(path: &std::path::Path, args: &NextArgs) -> anyhow::Result<()> {
+    let cfg = load_config(path)?;
+    let count = args.count;
+    let after = match &args.after {
+        Some(s) => parse_instant(
+            s,
+            args.tz
+                .as_deref()
+                .map(schedule::parse_timezone)
+                .transpose()
+                .map_err(usage)?
+                .unwrap_or(cfg.timezone),
+        )?,
+        None => Utc::now(),
+    };
+    let selected: Vec<_> = match &args.name {
+        Some(name) => {
+            let s = cfg.schedules.get(name).ok_or_else(|| {
+                usage(format!("no schedule named `{name}` in {}", path.display()))
+            })?;
+            vec![s]
+        }
+        None => cfg.schedules.values().collect(),
+    };
+    let count = if args.name.is_none() && args.count == 5 && !args.json {
+        1
+    } else {
+        count
+    };
+    let rows: Vec<(String, String, String, Vec<String>)> = selected
+        .iter()
+        .map(|s| {
+            let list = if s.enabled {
+                fires(&s.timing, after, count)
+                    .into_iter()
+                    .map(|t| format_instant(t, s.timezone))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (
+                s.name.clone(),
+                describe_timing(&s.timing),
+                s.timezone.name().to_string(),
+                list,
+            )
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .zip(&selected)
+            .map(|((name, timing, zone, list), s)| {
+                serde_json::json!({"name": name, "timing": timing, "timezone": zone, "enabled": s.enabled, "next": list})
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        return Ok(());
+    }
+    if !std::io::stdout().is_terminal() {
+        for (name, _, _, list) in &rows {
+            if list.is_empty() {
+                writeln!(out, "{name}\t-")?;
+            }
+            for t in list {
+                writeln!(out, "{name}\t{t}")?;
+            }
+        }
+        return Ok(());
+    }
+    let w_name = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(8);
+    let w_timing = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(6);
+    let w_zone = rows.iter().map(|r| r.2.len()).max().unwrap_or(0).max(4);
+    writeln!(
+        out,
+        "{:w_name$}  {:w_timing$}  {:w_zone$}  NEXT",
+        "SCHEDULE", "TIMING", "ZONE"
+    )?;
+    for ((name, timing, zone, list), s) in rows.iter().zip(&selected) {
+        let first = if !s.enabled {
+            "(disabled)".to_string()
+        } else {
+            list.first()
+                .cloned()
+                .unwrap_or_else(|| "(never within 30 years)".into())
+        };
+        writeln!(
+            out,
+            "{name:w_name$}  {timing:w_timing$}  {zone:w_zone$}  {first}"
+        )?;
+        for t in list.iter().skip(1) {
+            writeln!(out, "{:w_name$}  {:w_timing$}  {:w_zone$}  {t}", "", "", "")?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! Command-line types (clap derive). Parsing only: `main.rs` turns these into library calls.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// celeriac: cron and interval schedules from YAML, fired exactly once per tick,
+/// dispatched to named priority queues and run by small, fast workers.
+#[derive(Debug, Parser)]
+#[command(name = "celeriac", version, about, long_about = None)]
+pub struct Cli {
+    /// Log filter, e.g. `info`, `celeriac=debug` (tracing EnvFilter syntax).
+    #[arg(long, global = true, env = "CELERIAC_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Log format: human-readable text or JSON lines.
+    #[arg(long, global = true, env = "CELERIAC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Beat + worker in one process on the embedded in-memory broker (no Redis needed).
+    Run(RunArgs),
+    /// The beat daemon: leader election, exactly-once fire, hot reload.
+    Beat(BeatArgs),
+    /// A worker: consumes named queues and runs tasks.
+    Worker(WorkerArgs),
+    /// Validate the configuration; print every error as file:line:col: message.
+    Check(ConfigArg),
+    /// Print the next fire instants of a cron expression, an interval, or configured schedules.
+    Next(NextArgs),
+    /// Enqueue a task now (Celery's `.delay()`).
+    Enqueue(EnqueueArgs),
+    /// Print a stored task result.
+    Result(ResultArgs),
+    /// Remove every ready message from a queue.
+    Purge(PurgeArgs),
+    /// Beat leader, schedules, queues and workers at a glance.
+    Status(OpsArgs),
+    /// Fire a schedule now, outside its timing.
+    Trigger(NameArgs),
+    /// Pause a schedule (shared by all beats, survives restarts).
+    Pause(NameArgs),
+    /// Resume a paused schedule.
+    Resume(NameArgs),
+    /// Why a schedule fired, was skipped or misfired (the beat journal).
+    Why(NameArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// Configuration file, or directory of *.yaml files.
+    #[arg(
+        short = 'c',
+        long = "config",
+        env = "CELERIAC_CONFIG",
+        default_value = "schedules"
+    )]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct BrokerArg {
+    /// Broker URL: redis://, rediss://, unix:// or "memory". Overrides the config's `broker`.
+    #[arg(long, env = "CELERIAC_BROKER")]
+    pub broker: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RootArg {
+    /// Allow running as root (also CELERIAC_ALLOW_ROOT=1). Not recommended.
+    #[arg(long, env = "CELERIAC_ALLOW_ROOT", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
+    pub allow_root: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Number of tasks run concurrently.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct BeatArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub broker: BrokerArg,
+    #[command(flatten)]
+    pub root: RootArg,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub broker: BrokerArg,
+    #[command(flatten)]
+    pub root: RootArg,
+    /// Queues to consume, comma-separated (default: all configured queues).
+    #[arg(short = 'Q', long = "queues", value_delimiter = ',')]
+    pub queues: Vec<String>,
+    /// Number of tasks run concurrently.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Exit 0 after this many tasks (Celery's max-tasks-per-child), so the supervisor restarts us.
+    #[arg(long)]
+    pub max_tasks: Option<u64>,
+    /// On SIGTERM, how long running tasks may take to finish before they are returned to the queue.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub grace: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct NextArgs {
+    /// Configuration to read schedules from (when neither --cron nor --every is given).
+    #[arg(short = 'c', long = "config", env = "CELERIAC_CONFIG", conflicts_with_all = ["cron", "every"])]
+    pub config: Option<PathBuf>,
+    /// Only this schedule (with -c).
+    #[arg(conflicts_with_all = ["cron", "every"])]
+    pub name: Option<String>,
+    /// A cron expression, e.g. '30 2 * * *'.
+    #[arg(long, conflicts_with = "every")]
+    pub cron: Option<String>,
+    /// Time zone for --cron (IANA name), and the zone instants are printed in. Default UTC.
+    #[arg(long)]
+    pub tz: Option<String>,
+    /// An interval, e.g. 90s, 1h30m.
+    #[arg(long, value_parser = parse_duration)]
+    pub every: Option<Duration>,
+    /// Grid anchor for --every (RFC 3339). Default: the Unix epoch.
+    #[arg(long, requires = "every")]
+    pub anchor: Option<String>,
+    /// Print fires strictly after this instant (RFC 3339). Default: now.
+    #[arg(long)]
+    pub after: Option<String>,
+    /// How many fire instants to print (per schedule with -c).
+    #[arg(short = 'n', long, default_value_t = 5)]
+    pub count: usize,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// Task name, as declared under `tasks:`.
+    pub task: String,
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub broker: BrokerArg,
+    /// Task arguments as JSON (an object for templated commands).
+    #[arg(long, default_value = "{}")]
+    pub args: String,
+    /// Queue to enqueue on.
+    #[arg(short = 'Q', long = "queue", default_value = "default")]
+    pub queue: String,
+    /// Priority 0..9, higher runs first.
+    #[arg(long, default_value_t = 5)]
+    pub priority: u8,
+    /// Run no earlier than this long from now.
+    #[arg(long, value_parser = parse_duration)]
+    pub countdown: Option<Duration>,
+    /// Wait for the result and print it.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ResultArgs {
+    /// Task id printed by `enqueue`.
+    pub id: String,
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub broker: BrokerArg,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    /// Queue to purge.
+    pub queue: String,
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub broker: BrokerArg,
+}
+
+#[derive(Debug, Args)]
+pub struct OpsArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub broker: BrokerArg,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArgs {
+    /// Schedule name.
+    pub name: String,
+    #[command(flatten)]
+    pub ops: OpsArgs,
+}
+
+/// Parses a humantime duration (`90s`, `1h30m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration `{s}` ({e}); use a form like 90s, 5m or 1h30m"))
+}
