@@ -129,6 +129,12 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("config_load");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
+    // Baseline for the ratio: yaml-rust2's own loader on the same file, with no positions,
+    // no model and no validation.
+    let text = std::fs::read_to_string(&single_file).unwrap();
+    group.bench_function("baseline_yaml_rust2_load_one_file", |b| {
+        b.iter_with_large_drop(|| yaml_rust2::YamlLoader::load_from_str(&text).unwrap())
+    });
     group.bench_function("100k_schedules_one_file", |b| {
         b.iter_with_large_drop(|| celeriac::config::load(&single_file).unwrap())
     });

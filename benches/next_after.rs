@@ -21,6 +21,19 @@ const CASES: [(&str, &str, &str); 6] = [
 fn next_after(c: &mut Criterion) {
     let start: DateTime<Utc> = "2025-06-15T10:17:23Z".parse().unwrap();
     let mut group = c.benchmark_group("next_after");
+    // Baseline for ratios (same run, same machine): one chrono-tz UTC -> local conversion,
+    // the cheapest thing any zone-aware next-fire computation must do at least once.
+    let shanghai: Tz = "Asia/Shanghai".parse().unwrap();
+    let base_starts: Vec<DateTime<Utc>> = (0..997)
+        .map(|i| start + Duration::minutes(i * 529))
+        .collect();
+    let mut j = 0;
+    group.bench_function("baseline: utc->local conversion Asia/Shanghai", |b| {
+        b.iter(|| {
+            j = (j + 1) % base_starts.len();
+            black_box(black_box(base_starts[j]).with_timezone(&shanghai).naive_local())
+        })
+    });
     for (kind, expr, zone) in CASES {
         let tz: Tz = zone.parse().unwrap();
         let schedule = CronSchedule::new(CronExpr::parse(expr).unwrap(), tz);
