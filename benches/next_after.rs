@@ -31,7 +31,11 @@ fn next_after(c: &mut Criterion) {
     group.bench_function("baseline: utc->local conversion Asia/Shanghai", |b| {
         b.iter(|| {
             j = (j + 1) % base_starts.len();
-            black_box(black_box(base_starts[j]).with_timezone(&shanghai).naive_local())
+            black_box(
+                black_box(base_starts[j])
+                    .with_timezone(&shanghai)
+                    .naive_local(),
+            )
         })
     });
     for (kind, expr, zone) in CASES {

@@ -103,6 +103,8 @@ pub struct TaskConfig {
     /// Kill the run after this long (`None`: no limit).
     pub timeout: Option<Duration>,
     pub retry: RetryPolicy,
+    /// Do not store the result (Celery's `ignore_result`): saves a write per task.
+    pub ignore_result: bool,
     pub loc: Location,
 }
 
@@ -115,6 +117,9 @@ pub enum TaskKind {
     Command { argv: Vec<String> },
     /// A task built into celeriac.
     Builtin(Builtin),
+    /// An in-process Rust function registered under this name through the library
+    /// (`worker::Handlers::register`), the Rust equivalent of Celery's `@app.task`.
+    Handler(String),
 }
 
 /// Tasks built into celeriac, for trying things out and for tests.

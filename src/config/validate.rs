@@ -70,7 +70,14 @@ const TOP_KEYS: &[&str] = &[
     "schedules",
 ];
 const QUEUE_KEYS: &[&str] = &[];
-const TASK_KEYS: &[&str] = &["command", "builtin", "timeout", "retry"];
+const TASK_KEYS: &[&str] = &[
+    "command",
+    "builtin",
+    "handler",
+    "timeout",
+    "retry",
+    "ignore_result",
+];
 const RETRY_KEYS: &[&str] = &["max", "backoff", "max_backoff"];
 const SCHEDULE_KEYS: &[&str] = &[
     "task", "cron", "every", "anchor", "timezone", "args", "kwargs", "queue", "priority",
@@ -699,32 +706,39 @@ impl<'a> Checker<'a> {
             &format!("a mapping of settings for task `{name}` (`command` or `builtin`, ...)"),
             &format!("in task `{name}`"),
         )?;
-        let kind = match (fields.entry("command"), fields.entry("builtin")) {
-            (Some((ck, _)), Some((bk, _))) => {
-                let later = if (bk.loc.line, bk.loc.col) > (ck.loc.line, ck.loc.col) {
-                    bk
-                } else {
-                    ck
-                };
-                self.error(
-                    &later.loc,
-                    format!("task `{name}` has both `command` and `builtin`; use one of them"),
-                );
-                None
-            }
-            (None, None) => {
+        let kinds: Vec<(&str, &Node, &Node)> = ["command", "builtin", "handler"]
+            .into_iter()
+            .filter_map(|k| fields.entry(k).map(|(key, value)| (k, key, value)))
+            .collect();
+        let kind = match kinds.as_slice() {
+            [] => {
                 self.error(
                     &named.key.loc,
-                    format!("task `{name}` has neither `command` nor `builtin`"),
+                    format!("task `{name}` has none of `command`, `builtin` or `handler`"),
                 );
                 None
             }
-            (Some((_, command)), None) => self.command(command, used),
-            (None, Some((_, builtin))) => {
+            [("command", _, command)] => self.command(command, used),
+            [("builtin", _, builtin)] => {
                 let choices: Vec<(&str, Builtin)> =
                     Builtin::ALL.iter().map(|b| (b.name(), *b)).collect();
                 self.choice(builtin, "builtin", &choices)
                     .map(TaskKind::Builtin)
+            }
+            [(_, _, handler)] => self
+                .string(handler, "handler")
+                .map(|h| TaskKind::Handler(h.to_string())),
+            [(first, ..), (second, ..), ..] => {
+                let later = kinds
+                    .iter()
+                    .map(|(_, key, _)| *key)
+                    .max_by_key(|key| (key.loc.line, key.loc.col))
+                    .expect("two or more");
+                self.error(
+                    &later.loc,
+                    format!("task `{name}` has both `{first}` and `{second}`; use one of them"),
+                );
+                None
             }
         };
         let timeout = match fields.get("timeout") {
@@ -736,9 +750,14 @@ impl<'a> Checker<'a> {
             None => Some(RetryPolicy::default()),
             Some(node) => self.retry(node, name),
         };
+        let ignore_result = match fields.get("ignore_result") {
+            None => Some(false),
+            Some(node) => self.boolean(node, "ignore_result"),
+        };
         Some(TaskConfig {
             name: name.clone(),
             kind: kind?,
+            ignore_result: ignore_result?,
             timeout: timeout?,
             retry: retry?,
             loc: named.key.loc.clone(),

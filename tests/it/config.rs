@@ -350,7 +350,7 @@ fn merge_keys_are_explained() {
     assert_eq!(
         errors_of("tasks:\n  t:\n    <<: {builtin: noop}\n"),
         [
-            "cfg.yaml:2:3: task `t` has neither `command` nor `builtin`",
+            "cfg.yaml:2:3: task `t` has none of `command`, `builtin` or `handler`",
             "cfg.yaml:3:5: unknown key `<<` in task `t`; merge keys (`<<`) are not supported",
         ]
     );
@@ -586,11 +586,11 @@ fn tasks_need_exactly_one_of_command_and_builtin() {
     );
     assert_eq!(
         error_of("tasks:\n  t: {timeout: 1m}\n"),
-        "cfg.yaml:2:3: task `t` has neither `command` nor `builtin`"
+        "cfg.yaml:2:3: task `t` has none of `command`, `builtin` or `handler`"
     );
     assert_eq!(
         error_of("tasks:\n  t:\n"),
-        "cfg.yaml:2:3: task `t` has neither `command` nor `builtin`"
+        "cfg.yaml:2:3: task `t` has none of `command`, `builtin` or `handler`"
     );
 }
 
