@@ -73,8 +73,15 @@ pub struct ConfigArg {
 #[derive(Debug, Args)]
 pub struct BrokerArg {
     /// Broker URL: redis://, rediss://, unix:// or "memory". Overrides the config's `broker`.
+    /// ACL credentials go in the URL (redis://user:password@host:6379/0).
     #[arg(long, env = "CELERIAC_BROKER")]
     pub broker: Option<String>,
+    /// PEM file of CA certificates to trust for rediss:// (default: the web PKI roots).
+    #[arg(long, env = "CELERIAC_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Prefix of every Redis key, to share one Redis between several celeriac setups.
+    #[arg(long, env = "CELERIAC_KEY_PREFIX", default_value = "celeriac:")]
+    pub key_prefix: String,
 }
 
 #[derive(Debug, Args)]
@@ -111,9 +118,13 @@ pub struct WorkerArgs {
     pub broker: BrokerArg,
     #[command(flatten)]
     pub root: RootArg,
-    /// Queues to consume, comma-separated (default: all configured queues).
+    /// Queues to consume, separated by commas or colons (default: all configured queues).
     #[arg(short = 'Q', long = "queues", value_delimiter = ',')]
     pub queues: Vec<String>,
+    /// Lease of a reserved message: how soon a message comes back when its worker dies.
+    /// Extended every third of it while the task runs.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub lease: Duration,
     /// Number of tasks run concurrently.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,

@@ -12,12 +12,18 @@ use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeZone, Utc};
 use chrono_tz::Tz;
 use clap::Parser;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use celeriac::broker::{Broker, RedisBrokerOptions, TaskMessage, TaskStatus};
 use celeriac::config::{self, ConfigErrors};
 use celeriac::schedule::{self, CronExpr, CronSchedule, IntervalSchedule, Timing};
+use celeriac::worker::{Handlers, Worker, WorkerOptions};
 use cli::{Cli, Command, LogFormat, NextArgs};
 
 /// Exit codes (sysexits.h where one fits).
 const EXIT_USAGE: u8 = 2;
+const EXIT_UNAVAILABLE: u8 = 69;
 const EXIT_CONFIG: u8 = 78;
 
 /// An error that carries its own exit code and has already been worded for the user.
@@ -40,6 +46,221 @@ fn usage(message: impl Into<String>) -> anyhow::Error {
         code: EXIT_USAGE,
         message: message.into(),
     })
+}
+
+fn unavailable(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Exit {
+        code: EXIT_UNAVAILABLE,
+        message: message.into(),
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// `beat` and `worker` refuse to run as root unless allowed (Celery's C_FORCE_ROOT);
+/// `run` only warns.
+fn check_root(command: &str, allow_root: bool, refuse: bool) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    if refuse && !allow_root {
+        return Err(anyhow!(
+            "refusing to run `celeriac {command}` as root: tasks would run with full privileges. \
+             Run it as an unprivileged user, or pass --allow-root (or CELERIAC_ALLOW_ROOT=1) if you \
+             really mean it"
+        ));
+    }
+    tracing::warn!(
+        "running as root: every task runs with full privileges; prefer an unprivileged user"
+    );
+    Ok(())
+}
+
+/// The broker URL: `--broker` / CELERIAC_BROKER, else the configuration's `broker`.
+fn broker_url(arg: &cli::BrokerArg, cfg: &config::Config) -> anyhow::Result<String> {
+    arg.broker
+        .clone()
+        .or_else(|| cfg.broker.clone())
+        .ok_or_else(|| {
+            usage("no broker: set `broker:` in the configuration, --broker or CELERIAC_BROKER")
+        })
+}
+
+/// Opens the broker and checks that it answers; a broker that cannot be reached at start
+/// exits 69 (EX_UNAVAILABLE) so that a supervisor retries later.
+async fn open_broker(
+    arg: &cli::BrokerArg,
+    cfg: &config::Config,
+    shared_only: bool,
+) -> anyhow::Result<(Arc<dyn Broker>, String)> {
+    let url = broker_url(arg, cfg)?;
+    if shared_only && (url == "memory" || url == "memory://") {
+        return Err(usage(
+            "the `memory` broker lives inside one process: use `celeriac run` for beat + worker \
+             in one process, or give a Redis URL with --broker",
+        ));
+    }
+    let options = RedisBrokerOptions {
+        prefix: arg.key_prefix.clone(),
+        tls_ca_file: arg.tls_ca_file.clone(),
+        ..RedisBrokerOptions::default()
+    };
+    let shown = celeriac::broker::redact(&url);
+    let broker = match celeriac::broker::open(&url, options).await {
+        Ok(b) => b,
+        Err(e) if e.is_transient() => return Err(unavailable(format!("{e}"))),
+        Err(e) => return Err(usage(format!("{e}"))),
+    };
+    if let Err(e) = broker.ping().await {
+        return Err(if e.is_transient() {
+            unavailable(format!("broker {shown} unavailable: {e}"))
+        } else {
+            anyhow!("broker {shown}: {e}")
+        });
+    }
+    Ok((broker, shown))
+}
+
+fn split_queues(raw: &[String], cfg: &config::Config) -> Vec<String> {
+    let mut queues: Vec<String> = raw
+        .iter()
+        .flat_map(|q| q.split([',', ':']))
+        .map(str::trim)
+        .filter(|q| !q.is_empty())
+        .map(str::to_string)
+        .collect();
+    if queues.is_empty() {
+        queues = cfg.queues.keys().cloned().collect();
+    }
+    queues.dedup();
+    queues
+}
+
+async fn cmd_worker(args: cli::WorkerArgs) -> anyhow::Result<()> {
+    check_root("worker", args.root.allow_root, true)?;
+    let cfg = Arc::new(load_config(&args.config.config)?);
+    let queues = split_queues(&args.queues, &cfg);
+    for q in &queues {
+        if !cfg.queues.contains_key(q) {
+            return Err(usage(format!(
+                "queue `{q}` is not declared in {} (declared: {})",
+                args.config.config.display(),
+                cfg.queues.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
+    let signals = celeriac::shutdown::listen()?;
+    let (broker, shown) = open_broker(&args.broker, &cfg, true).await?;
+    tracing::info!(broker = %shown, "connected");
+    let options = WorkerOptions {
+        queues,
+        concurrency: args.concurrency,
+        max_tasks: args.max_tasks,
+        grace: args.grace,
+        lease: args.lease,
+        ..WorkerOptions::default()
+    };
+    let worker = Worker::new(cfg, broker, Handlers::new(), options);
+    worker
+        .run(signals.shutdown, signals.force)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+async fn cmd_enqueue(args: cli::EnqueueArgs) -> anyhow::Result<()> {
+    let cfg = load_config(&args.config.config)?;
+    if !cfg.tasks.contains_key(&args.task) {
+        return Err(usage(format!(
+            "unknown task `{}` (declared: {})",
+            args.task,
+            cfg.tasks.keys().cloned().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    if !cfg.queues.contains_key(&args.queue) {
+        return Err(usage(format!("unknown queue `{}`", args.queue)));
+    }
+    if args.priority > celeriac::broker::MAX_PRIORITY {
+        return Err(usage(format!(
+            "--priority must be 0..9, got {}",
+            args.priority
+        )));
+    }
+    let task_args: serde_json::Value = serde_json::from_str(&args.args)
+        .map_err(|e| usage(format!("--args is not valid JSON: {e}")))?;
+    let mut message = TaskMessage::new(&args.task, &args.queue)
+        .with_priority(args.priority)
+        .with_args(task_args);
+    if let Some(c) = args.countdown {
+        message = message.with_countdown(c);
+    }
+    let (broker, _) = open_broker(&args.broker, &cfg, true).await?;
+    broker.enqueue(&message).await?;
+    println!("{}", message.id);
+    if !args.wait {
+        return Ok(());
+    }
+    let wait_until = tokio::time::Instant::now() + args.timeout;
+    loop {
+        let left = wait_until.saturating_duration_since(tokio::time::Instant::now());
+        match broker.wait_result(&message.id, left).await? {
+            Some(r) if r.status.is_final() => {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return match r.status {
+                    TaskStatus::Success => Ok(()),
+                    other => Err(anyhow!("task {} ended with status {:?}", r.id, other)),
+                };
+            }
+            Some(_) if !left.is_zero() => {
+                // An intermediate result (retrying): wait for the next one.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            _ => {
+                return Err(anyhow!(
+                    "no result for {} within {}",
+                    message.id,
+                    humantime::format_duration(args.timeout)
+                ));
+            }
+        }
+    }
+}
+
+async fn cmd_result(args: cli::ResultArgs) -> anyhow::Result<()> {
+    let cfg = load_config(&args.config.config)?;
+    let (broker, _) = open_broker(&args.broker, &cfg, true).await?;
+    match broker.get_result(&args.id).await? {
+        Some(r) => {
+            if args.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            }
+            Ok(())
+        }
+        None => Err(anyhow!(
+            "no result for {}: unknown id, not finished yet, or expired (results are kept for {})",
+            args.id,
+            humantime::format_duration(cfg.result_expires)
+        )),
+    }
+}
+
+async fn cmd_purge(args: cli::PurgeArgs) -> anyhow::Result<()> {
+    let cfg = load_config(&args.config.config)?;
+    let (broker, _) = open_broker(&args.broker, &cfg, true).await?;
+    let n = broker.purge(&args.queue).await?;
+    println!(
+        "purged {n} message{} from `{}`",
+        if n == 1 { "" } else { "s" },
+        args.queue
+    );
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -94,10 +315,10 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Next(args) => cmd_next(args),
         Command::Run(_) => not_yet("run", 5),
         Command::Beat(_) => not_yet("beat", 5),
-        Command::Worker(_) => not_yet("worker", 4),
-        Command::Enqueue(_) => not_yet("enqueue", 4),
-        Command::Result(_) => not_yet("result", 4),
-        Command::Purge(_) => not_yet("purge", 4),
+        Command::Worker(args) => runtime()?.block_on(cmd_worker(args)),
+        Command::Enqueue(args) => runtime()?.block_on(cmd_enqueue(args)),
+        Command::Result(args) => runtime()?.block_on(cmd_result(args)),
+        Command::Purge(args) => runtime()?.block_on(cmd_purge(args)),
         Command::Status(_) => not_yet("status", 6),
         Command::Trigger(_) => not_yet("trigger", 6),
         Command::Pause(_) => not_yet("pause", 6),
