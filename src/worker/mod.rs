@@ -353,26 +353,46 @@ fn log_join(joined: Result<(), tokio::task::JoinError>) {
 /// Reconnect-style backoff for the main loop, logging once per state change.
 struct Backoff {
     failures: u32,
+    /// Whether the first failure was logged at WARN (then the recovery is logged too).
+    warned: bool,
 }
 
 impl Backoff {
     fn new() -> Self {
-        Backoff { failures: 0 }
+        Backoff {
+            failures: 0,
+            warned: false,
+        }
     }
 
     fn succeeded(&mut self, what: &str) {
         if self.failures > 0 {
-            tracing::info!(
-                after_failures = self.failures,
-                "broker available again ({what})"
-            );
+            if self.warned {
+                tracing::info!(
+                    after_failures = self.failures,
+                    "broker available again ({what})"
+                );
+            } else {
+                tracing::debug!(after_failures = self.failures, "{what} succeeded again");
+            }
         }
         self.failures = 0;
+        self.warned = false;
     }
 
     fn failed(&mut self, what: &str, e: &BrokerError) -> Duration {
         if self.failures == 0 {
-            tracing::warn!(error = %e, "broker unavailable ({what}); retrying with backoff");
+            // A lost connection is logged once by the broker itself (lost, then restored);
+            // saying it again for every kind of call that noticed would only add noise.
+            if matches!(
+                e,
+                BrokerError::Unavailable { .. } | BrokerError::ConnectionLost(_)
+            ) {
+                tracing::debug!(error = %e, "{what} failed: broker unavailable; retrying with backoff");
+            } else {
+                self.warned = true;
+                tracing::warn!(error = %e, "broker unavailable ({what}); retrying with backoff");
+            }
         }
         self.failures = self.failures.saturating_add(1);
         let base = Duration::from_millis(100)
@@ -464,12 +484,7 @@ async fn complete_loop(
         }
         // Results first, then acks: a crash in between re-runs the task (at-least-once)
         // rather than losing its result.
-        let stores = results.iter().map(|r| broker.store_result(r, ttl));
-        for (r, res) in results.iter().zip(futures::future::join_all(stores).await) {
-            if let Err(e) = res {
-                tracing::warn!(id = %r.id, error = %e, "could not store result");
-            }
-        }
+        store_results(&*broker, &results, ttl, &force).await;
         if !acks.is_empty() {
             retrying("ack", &force, || broker.ack_many(&acks)).await;
         }
@@ -485,7 +500,7 @@ async fn complete_loop(
                 } => {
                     counters.retried.fetch_add(1, Ordering::Relaxed);
                     if keeps_result(&shared, &result) {
-                        let _ = broker.store_result(&result, ttl).await;
+                        store_results(&*broker, std::slice::from_ref(&result), ttl, &force).await;
                     }
                     let eta = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
                     retrying("retry", &force, || broker.retry_later(&lease, eta, &reason)).await;
@@ -493,14 +508,14 @@ async fn complete_loop(
                 Outcome::Failed { result, reason, .. } => {
                     counters.failed.fetch_add(1, Ordering::Relaxed);
                     counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    let _ = broker.store_result(&result, ttl).await;
+                    store_results(&*broker, std::slice::from_ref(&result), ttl, &force).await;
                     let why = format!("failed after {} attempt(s): {reason}", result.attempts);
                     retrying("dead-letter", &force, || broker.dead_letter(&lease, &why)).await;
                 }
                 Outcome::Rejected { reason, result } => {
                     counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     if let Some(r) = result {
-                        let _ = broker.store_result(&r, ttl).await;
+                        store_results(&*broker, std::slice::from_ref(&r), ttl, &force).await;
                     }
                     retrying("dead-letter", &force, || {
                         broker.dead_letter(&lease, &reason)
@@ -510,6 +525,36 @@ async fn complete_loop(
                 _ => unreachable!("batched above"),
             }
         }
+    }
+}
+
+/// Stores results (all at once: the connection pipelines them). Those that failed on a
+/// transient error (Redis restarting) are stored again with backoff until they are stored or
+/// `force` is cancelled, before the caller acknowledges their messages: a result must not be
+/// lost while its message is acked.
+async fn store_results(
+    broker: &dyn Broker,
+    results: &[TaskResult],
+    ttl: Duration,
+    force: &CancellationToken,
+) {
+    if results.is_empty() {
+        return;
+    }
+    let first = futures::future::join_all(results.iter().map(|r| broker.store_result(r, ttl)));
+    let mut again: Vec<&TaskResult> = Vec::new();
+    for (r, res) in results.iter().zip(first.await) {
+        match res {
+            Ok(()) => {}
+            Err(e) if e.is_transient() => again.push(r),
+            Err(e) => tracing::warn!(id = %r.id, error = %e, "could not store result"),
+        }
+    }
+    if !again.is_empty() {
+        retrying("store results", force, || {
+            futures::future::try_join_all(again.iter().map(|r| broker.store_result(r, ttl)))
+        })
+        .await;
     }
 }
 
@@ -545,7 +590,7 @@ where
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "{what} failed; the message comes back when its lease expires");
+                tracing::error!(error = %e, "{what} failed; giving up (a message not acknowledged comes back when its lease expires)");
                 return;
             }
         }

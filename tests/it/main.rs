@@ -8,3 +8,5 @@ mod config;
 mod redis_server;
 mod schedule;
 mod util;
+mod worker;
+mod worker_faults;
