@@ -1,0 +1,333 @@
+//! End-to-end worker benchmark: the real `celeriac worker` binary (release build) on a private
+//! redis-server over TCP loopback, measured from outside the way `bench/celery_bench.py`
+//! measures Celery, so that `bench/worker_vs_celery.sh` can print the two side by side.
+//!
+//! `cargo bench --bench worker -- [--quick] [--json PATH] [--only drain,latency,enqueue,rss]
+//! [--concurrency 1,4,64,256] [--log info]`
+//!
+//! - enqueue: `Broker::enqueue_many` of no-op messages, batches of 1000, 4 batches in flight.
+//! - drain: N no-op tasks queued first; `celeriac worker --max-tasks N` is started and timed
+//!   until it exits (it exits 0 once N tasks have run and been acknowledged): results off
+//!   (`ignore_result: true`) and on, at several `--concurrency` values.
+//! - latency: one worker idle and waiting; one task at a time, 2 ms apart; enqueue-to-start
+//!   = the result's `started_at` minus the message's `enqueued_at` (same machine clock).
+//! - rss: VmRSS of an idle worker after its first task.
+
+#[path = "../tests/it/redis_server.rs"]
+mod redis_server;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use celeriac::broker::{Broker, RedisBroker, RedisBrokerOptions, TaskMessage};
+use redis_server::{RedisOptions, RedisServer, free_port};
+use serde_json::{Value, json};
+
+const QUEUE: &str = "bench";
+
+struct Options {
+    quick: bool,
+    json: Option<PathBuf>,
+    only: Vec<String>,
+    concurrency: Vec<usize>,
+    log: String,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        quick: false,
+        json: None,
+        only: Vec::new(),
+        concurrency: vec![1, 4, 64, 256],
+        log: "warn".into(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--json" => o.json = args.next().map(PathBuf::from),
+            "--only" => {
+                o.only = args
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::to_string)
+                    .collect()
+            }
+            "--concurrency" => {
+                o.concurrency = args
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(|c| c.parse().expect("--concurrency 1,4,64"))
+                    .collect()
+            }
+            "--log" => o.log = args.next().unwrap_or_default(),
+            // `cargo bench` passes --bench; criterion-style filters are ignored.
+            _ => {}
+        }
+    }
+    o
+}
+
+struct Bench {
+    server: RedisServer,
+    url: String,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    broker: Arc<RedisBroker>,
+    log: String,
+}
+
+impl Bench {
+    fn flush(&self) {
+        let _: () = redis::cmd("FLUSHALL")
+            .query(&mut self.server.connection())
+            .unwrap();
+    }
+
+    fn worker(&self, args: &[&str], log: &Path) -> Child {
+        let file = std::fs::File::create(log).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_celeriac"))
+            .args(["worker", "-c"])
+            .arg(&self.config)
+            .args(["--broker", &self.url, "--allow-root", "-Q", QUEUE])
+            .args(args)
+            .env("CELERIAC_LOG", &self.log)
+            .env_remove("CELERIAC_LOG_FORMAT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start celeriac worker")
+    }
+
+    async fn fill(&self, task: &str, n: usize) {
+        let mut left = n;
+        while left > 0 {
+            let batch: Vec<TaskMessage> = (0..left.min(1000))
+                .map(|_| TaskMessage::new(task, QUEUE))
+                .collect();
+            left -= batch.len();
+            self.broker.enqueue_many(&batch).await.unwrap();
+        }
+    }
+}
+
+async fn bench_enqueue(b: &Bench, n: usize) -> Value {
+    b.flush();
+    let batches: Vec<Vec<TaskMessage>> = (0..n / 1000)
+        .map(|_| (0..1000).map(|_| TaskMessage::new("noop", QUEUE)).collect())
+        .collect();
+    let started = Instant::now();
+    let broker = b.broker.clone();
+    futures::stream::iter(batches)
+        .for_each_concurrent(4, |batch| {
+            let broker = broker.clone();
+            async move {
+                broker.enqueue_many(&batch).await.unwrap();
+            }
+        })
+        .await;
+    let took = started.elapsed();
+    let rate = n as f64 / took.as_secs_f64();
+    println!("enqueue_many (1000 a batch, 4 in flight): {n} in {took:.2?} = {rate:.0}/s");
+    b.flush();
+    json!({"what": "enqueue", "n": n, "seconds": took.as_secs_f64(), "per_second": rate})
+}
+
+async fn bench_drain(b: &Bench, n: usize, concurrency: usize, results: bool) -> Value {
+    b.flush();
+    let task = if results { "noop" } else { "noop_ignore" };
+    b.fill(task, n).await;
+    let log = b
+        .dir
+        .path()
+        .join(format!("drain-{concurrency}-{results}.log"));
+    let c = concurrency.to_string();
+    let ns = n.to_string();
+    let started = Instant::now();
+    let mut child = b.worker(&["--concurrency", &c, "--max-tasks", &ns], &log);
+    let status = child.wait().unwrap();
+    let took = started.elapsed();
+    assert!(
+        status.success(),
+        "worker failed: {}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let stats = b.broker.queue_stats(QUEUE).await.unwrap();
+    assert_eq!(
+        (stats.ready_total(), stats.active),
+        (0, 0),
+        "everything ran and was acknowledged"
+    );
+    if results {
+        let keys: usize = redis::cmd("DBSIZE")
+            .query(&mut b.server.connection())
+            .unwrap();
+        assert!(keys >= n, "a result per task ({keys} keys)");
+    }
+    let rate = n as f64 / took.as_secs_f64();
+    println!(
+        "drain {n} no-op tasks, results {}, --concurrency {concurrency}: {took:.2?} = {rate:.0}/s (process start to exit)",
+        if results { "on" } else { "off" }
+    );
+    json!({"what": "drain", "n": n, "results": results, "concurrency": concurrency,
+           "seconds": took.as_secs_f64(), "per_second": rate})
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+async fn bench_latency(b: &Bench, samples: usize) -> Value {
+    b.flush();
+    let log = b.dir.path().join("latency.log");
+    let mut child = b.worker(&["--concurrency", "4"], &log);
+    // Up and consuming once a first task has run.
+    let first = TaskMessage::new("noop", QUEUE);
+    b.broker.enqueue(&first).await.unwrap();
+    b.broker
+        .wait_result(&first.id, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .expect("the worker runs a first task");
+    // A few more to warm up (connections, first allocations), not counted.
+    let mut ids = Vec::with_capacity(samples);
+    for i in 0..samples + 20 {
+        let m = TaskMessage::new("noop", QUEUE);
+        b.broker.enqueue(&m).await.unwrap();
+        if i >= 20 {
+            ids.push((m.id.clone(), m.enqueued_at));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut lat = Vec::with_capacity(samples);
+    for (id, enqueued_at) in &ids {
+        let r = b
+            .broker
+            .wait_result(id, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .expect("result");
+        let started = r.started_at.expect("started_at");
+        lat.push((started - *enqueued_at).num_microseconds().unwrap() as f64 / 1000.0);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (p50, p90, p99, max) = (
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.9),
+        percentile(&lat, 0.99),
+        lat[lat.len() - 1],
+    );
+    println!(
+        "enqueue-to-start latency, idle worker, {samples} tasks 2 ms apart: p50 {p50:.3} ms  p90 {p90:.3} ms  p99 {p99:.3} ms  max {max:.3} ms"
+    );
+    json!({"what": "latency", "samples": samples, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "max_ms": max})
+}
+
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+async fn bench_rss(b: &Bench) -> Value {
+    b.flush();
+    let log = b.dir.path().join("rss.log");
+    let mut child = b.worker(&[], &log);
+    let m = TaskMessage::new("noop", QUEUE);
+    b.broker.enqueue(&m).await.unwrap();
+    b.broker
+        .wait_result(&m.id, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .expect("result");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (rss, hwm) = rss_kib(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    println!(
+        "idle worker (default --concurrency 4) after one task: RSS {:.1} MiB (peak {:.1} MiB)",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+    json!({"what": "rss", "rss_mib": rss as f64 / 1024.0, "peak_mib": hwm as f64 / 1024.0})
+}
+
+use futures::StreamExt;
+
+fn main() {
+    let o = options();
+    let wanted = |what: &str| o.only.is_empty() || o.only.iter().any(|w| w == what);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = RedisServer::start_with(RedisOptions {
+        tcp_port: Some(free_port()),
+        ..Default::default()
+    });
+    let url = server.tcp_url();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bench.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "queues: {{{QUEUE}: {{}}}}\nresult_expires: 10m\ntasks:\n  noop: {{builtin: noop}}\n  noop_ignore: {{builtin: noop, ignore_result: true}}\n"
+        ),
+    )
+    .unwrap();
+    let broker = Arc::new(
+        rt.block_on(RedisBroker::connect(&url, RedisBrokerOptions::default()))
+            .unwrap(),
+    );
+    let b = Bench {
+        server,
+        url,
+        dir,
+        config,
+        broker,
+        log: o.log.clone(),
+    };
+    let (enqueue_n, drain_n, samples) = if o.quick {
+        (100_000, 50_000, 500)
+    } else {
+        (500_000, 200_000, 2000)
+    };
+    let mut out = Vec::new();
+    rt.block_on(async {
+        if wanted("enqueue") {
+            out.push(bench_enqueue(&b, enqueue_n).await);
+        }
+        if wanted("drain") {
+            for results in [false, true] {
+                for &c in &o.concurrency {
+                    out.push(bench_drain(&b, drain_n, c, results).await);
+                }
+            }
+        }
+        if wanted("latency") {
+            out.push(bench_latency(&b, samples).await);
+        }
+        if wanted("rss") {
+            out.push(bench_rss(&b).await);
+        }
+    });
+    if let Some(path) = o.json {
+        let doc = json!({"system": "celeriac", "results": out});
+        std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    }
+}
