@@ -12,6 +12,9 @@
 //! - latency: one worker idle and waiting; one task at a time, 2 ms apart; enqueue-to-start
 //!   = the result's `started_at` minus the message's `enqueued_at` (same machine clock).
 //! - rss: VmRSS of an idle worker after its first task.
+//!
+//! `CELERIAC_BENCH_WRAP="perf record -g -o /tmp/w.perf --"` runs each worker under a profiler;
+//! `CELERIAC_BENCH_BIN=/path/to/celeriac` runs another build (before/after comparisons).
 
 #[path = "../tests/it/redis_server.rs"]
 mod redis_server;
@@ -33,6 +36,7 @@ struct Options {
     only: Vec<String>,
     concurrency: Vec<usize>,
     log: String,
+    redis_stats: bool,
 }
 
 fn options() -> Options {
@@ -42,6 +46,7 @@ fn options() -> Options {
         only: Vec::new(),
         concurrency: vec![1, 4, 64, 256],
         log: "warn".into(),
+        redis_stats: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -65,6 +70,7 @@ fn options() -> Options {
                     .collect()
             }
             "--log" => o.log = args.next().unwrap_or_default(),
+            "--redis-stats" => o.redis_stats = true,
             // `cargo bench` passes --bench; criterion-style filters are ignored.
             _ => {}
         }
@@ -79,19 +85,59 @@ struct Bench {
     config: PathBuf,
     broker: Arc<RedisBroker>,
     log: String,
+    redis_stats: bool,
 }
 
 impl Bench {
     fn flush(&self) {
-        let _: () = redis::cmd("FLUSHALL")
+        let mut c = self.server.connection();
+        let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap();
+        let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut c).unwrap();
+    }
+
+    /// CPU seconds (user + system) Redis has used so far.
+    fn redis_cpu(&self) -> f64 {
+        let info: String = redis::cmd("INFO")
+            .arg("cpu")
             .query(&mut self.server.connection())
             .unwrap();
+        info.lines()
+            .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
+            .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
+            .sum()
+    }
+
+    /// With `--redis-stats`: Redis's own per-command counts and times since the last flush.
+    fn print_redis_stats(&self) {
+        if !self.redis_stats {
+            return;
+        }
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.server.connection())
+            .unwrap();
+        for line in info.lines().filter(|l| l.starts_with("cmdstat_")) {
+            println!("    redis {line}");
+        }
     }
 
     fn worker(&self, args: &[&str], log: &Path) -> Child {
         let file = std::fs::File::create(log).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_celeriac"))
-            .args(["worker", "-c"])
+        // CELERIAC_BENCH_WRAP="perf record -g -o /tmp/worker.perf --" profiles the worker.
+        // CELERIAC_BENCH_BIN=path runs another build (a before/after comparison).
+        let bin = std::env::var("CELERIAC_BENCH_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_celeriac").to_string());
+        let wrap = std::env::var("CELERIAC_BENCH_WRAP").unwrap_or_default();
+        let mut wrap = wrap.split_whitespace();
+        let mut cmd = match wrap.next() {
+            Some(program) => {
+                let mut c = Command::new(program);
+                c.args(wrap).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        cmd.args(["worker", "-c"])
             .arg(&self.config)
             .args(["--broker", &self.url, "--allow-root", "-Q", QUEUE])
             .args(args)
@@ -148,12 +194,14 @@ async fn bench_drain(b: &Bench, n: usize, concurrency: usize, results: bool) -> 
         .join(format!("drain-{concurrency}-{results}.log"));
     let c = concurrency.to_string();
     let ns = n.to_string();
+    let redis_cpu_before = b.redis_cpu();
     let started = Instant::now();
-    let mut child = b.worker(&["--concurrency", &c, "--max-tasks", &ns], &log);
-    let status = child.wait().unwrap();
+    let child = b.worker(&["--concurrency", &c, "--max-tasks", &ns], &log);
+    let (ok, worker_cpu, peak_kib) = wait_with_usage(child);
     let took = started.elapsed();
+    let redis_cpu = b.redis_cpu() - redis_cpu_before;
     assert!(
-        status.success(),
+        ok,
         "worker failed: {}",
         std::fs::read_to_string(&log).unwrap()
     );
@@ -169,13 +217,40 @@ async fn bench_drain(b: &Bench, n: usize, concurrency: usize, results: bool) -> 
             .unwrap();
         assert!(keys >= n, "a result per task ({keys} keys)");
     }
+    b.print_redis_stats();
     let rate = n as f64 / took.as_secs_f64();
     println!(
-        "drain {n} no-op tasks, results {}, --concurrency {concurrency}: {took:.2?} = {rate:.0}/s (process start to exit)",
-        if results { "on" } else { "off" }
+        "drain {n} no-op tasks, results {}, --concurrency {concurrency}: {took:.2?} = {rate:.0}/s \
+         (process start to exit; CPU per task: worker {:.1} us, redis {:.1} us; worker peak RSS {:.1} MiB)",
+        if results { "on" } else { "off" },
+        worker_cpu * 1e6 / n as f64,
+        redis_cpu * 1e6 / n as f64,
+        peak_kib as f64 / 1024.0,
     );
     json!({"what": "drain", "n": n, "results": results, "concurrency": concurrency,
-           "seconds": took.as_secs_f64(), "per_second": rate})
+           "seconds": took.as_secs_f64(), "per_second": rate,
+           "worker_cpu_us_per_task": worker_cpu * 1e6 / n as f64,
+           "redis_cpu_us_per_task": redis_cpu * 1e6 / n as f64,
+           "worker_peak_rss_mib": peak_kib as f64 / 1024.0})
+}
+
+/// Waits for a child and returns whether it exited 0, the CPU seconds (user + system) it
+/// used, and its peak RSS in KiB (wait4's rusage).
+fn wait_with_usage(child: Child) -> (bool, f64, u64) {
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child's pid, with valid pointers; the Child is not waited on
+    // elsewhere.
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert!(pid > 0, "wait4: {}", std::io::Error::last_os_error());
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    (
+        ok,
+        secs(usage.ru_utime) + secs(usage.ru_stime),
+        usage.ru_maxrss as u64,
+    )
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -301,6 +376,7 @@ fn main() {
         config,
         broker,
         log: o.log.clone(),
+        redis_stats: o.redis_stats,
     };
     let (enqueue_n, drain_n, samples) = if o.quick {
         (100_000, 50_000, 500)

@@ -61,6 +61,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// The worker's runtime: one thread. The CLI worker runs builtins and commands (separate
+/// processes), so its own work is I/O: one thread does it with no cross-thread wake-ups,
+/// which halves its CPU per task (see bench/RESULTS.md).
+fn worker_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
 /// `beat` and `worker` refuse to run as root unless allowed (Celery's C_FORCE_ROOT);
 /// `run` only warns.
 fn check_root(command: &str, allow_root: bool, refuse: bool) -> anyhow::Result<()> {
@@ -315,7 +324,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Next(args) => cmd_next(args),
         Command::Run(_) => not_yet("run", 5),
         Command::Beat(_) => not_yet("beat", 5),
-        Command::Worker(args) => runtime()?.block_on(cmd_worker(args)),
+        Command::Worker(args) => worker_runtime()?.block_on(cmd_worker(args)),
         Command::Enqueue(args) => runtime()?.block_on(cmd_enqueue(args)),
         Command::Result(args) => runtime()?.block_on(cmd_result(args)),
         Command::Purge(args) => runtime()?.block_on(cmd_purge(args)),

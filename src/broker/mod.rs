@@ -256,6 +256,13 @@ pub trait Broker: Send + Sync + 'static {
     /// Stores a result, replacing any earlier one for the same id, for `ttl`.
     async fn store_result(&self, result: &TaskResult, ttl: Duration) -> Result<()>;
 
+    /// Stores several results (each replacing any earlier one for its id) for `ttl`. The
+    /// Redis broker sends them in one pipeline. On an error, some may have been stored.
+    async fn store_results(&self, results: &[TaskResult], ttl: Duration) -> Result<()> {
+        futures::future::try_join_all(results.iter().map(|r| self.store_result(r, ttl))).await?;
+        Ok(())
+    }
+
     /// The stored result for a message id, if any (and not expired).
     async fn get_result(&self, id: &str) -> Result<Option<TaskResult>>;
 

@@ -41,6 +41,8 @@ const ENQUEUE_CHUNK: usize = 1000;
 const LEASE_CHUNK: usize = 500;
 /// Messages removed per purge script call.
 const PURGE_CHUNK: usize = 5000;
+/// Results stored per pipeline.
+const RESULT_CHUNK: usize = 500;
 /// Dead letters looked at per requeue script call.
 const DEAD_CHUNK: usize = 500;
 /// Upper bound of `reserve_work_limit` (Lua's `unpack` takes at most ~8000 values).
@@ -468,15 +470,47 @@ impl Broker for RedisBroker {
     }
 
     async fn store_result(&self, result: &TaskResult, ttl: Duration) -> Result<()> {
-        let json = serde_json::to_vec(result).map_err(|e| BrokerError::Decode {
-            what: "result".into(),
-            reason: e.to_string(),
-        })?;
+        let json = encode_result(result)?;
         let mut inv = SCRIPTS.store_result.prepare_invoke();
         inv.key(result_key(&self.options.prefix, &result.id))
             .arg(json)
             .arg(ttl.as_millis().max(1) as u64);
         self.invoke_script(&inv).await.map(|_| ())
+    }
+
+    async fn store_results(&self, results: &[TaskResult], ttl: Duration) -> Result<()> {
+        // One pipeline of EVALSHA store_result per chunk: one round trip and one request for
+        // the connection, instead of one each per result.
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let sha = SCRIPTS.store_result.get_hash();
+        for chunk in results.chunks(RESULT_CHUNK) {
+            let mut pipe = redis::pipe();
+            for r in chunk {
+                pipe.cmd("EVALSHA")
+                    .arg(sha)
+                    .arg(1)
+                    .arg(result_key(&self.options.prefix, &r.id))
+                    .arg(encode_result(r)?)
+                    .arg(ttl_ms)
+                    .ignore();
+            }
+            let c = self.link.get().await?;
+            let mut conn = c.conn;
+            match pipe.query_async::<()>(&mut conn).await {
+                Ok(()) => {}
+                // Scripts are loaded on every connect; NOSCRIPT means someone flushed them.
+                // The one-by-one path loads the script again.
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    for r in chunk {
+                        self.store_result(r, ttl).await?;
+                    }
+                }
+                Err(e) => return Err(self.link.fail(c.generation, e)),
+            }
+        }
+        Ok(())
     }
 
     async fn get_result(&self, id: &str) -> Result<Option<TaskResult>> {
@@ -735,6 +769,13 @@ fn parse_reserve(v: Value) -> Result<ReserveReply> {
         head: (head >= 0).then_some(head as u8),
         wake_in,
         items: reserved,
+    })
+}
+
+fn encode_result(result: &TaskResult) -> Result<Vec<u8>> {
+    serde_json::to_vec(result).map_err(|e| BrokerError::Decode {
+        what: "result".into(),
+        reason: e.to_string(),
     })
 }
 

@@ -233,6 +233,12 @@ impl Worker {
                 p = semaphore.clone().acquire_owned() => p.expect("semaphore never closed"),
                 _ = shutdown.cancelled() => break WorkerExit::Shutdown,
             };
+            if semaphore.available_permits() + 1 < opts.concurrency.min(budget) {
+                // Tasks that have just finished may not have returned their permits yet:
+                // let them, so that one reserve takes them all (short tasks otherwise make
+                // the loop reserve one or two messages per round trip).
+                tokio::task::yield_now().await;
+            }
             let extra = semaphore.available_permits().min(budget - 1);
             if extra > 0
                 && let Ok(more) = semaphore.clone().try_acquire_many_owned(extra as u32)
@@ -443,7 +449,13 @@ async fn keep_leases(
     }
 }
 
-/// Turns outcomes into broker calls, batching successes into one ack call.
+/// Most batches of outcomes being turned into broker calls at the same time: while one
+/// batch waits for Redis, the next is already on its way (short tasks finish faster than one
+/// round trip).
+const COMPLETIONS_IN_FLIGHT: usize = 4;
+
+/// Turns outcomes into broker calls, batching successes into one ack call, with up to
+/// [`COMPLETIONS_IN_FLIGHT`] batches in flight.
 async fn complete_loop(
     broker: Arc<dyn Broker>,
     shared: Arc<Shared>,
@@ -451,87 +463,113 @@ async fn complete_loop(
     mut rx: mpsc::Receiver<Completion>,
     force: CancellationToken,
 ) {
-    let ttl = shared.config.result_expires;
-    let mut batch: Vec<Completion> = Vec::with_capacity(MAX_RESERVE_BATCH);
-    while rx.recv_many(&mut batch, MAX_RESERVE_BATCH).await > 0 {
-        let mut results: Vec<TaskResult> = Vec::new();
-        let mut acks: Vec<Lease> = Vec::new();
-        let mut releases: Vec<Lease> = Vec::new();
-        let mut singles: Vec<(Lease, Outcome)> = Vec::new();
-        for Completion { lease, outcome } in batch.drain(..) {
-            log_outcome(&lease, &outcome);
-            match outcome {
-                Outcome::Succeeded(r) => {
-                    counters.succeeded.fetch_add(1, Ordering::Relaxed);
-                    if keeps_result(&shared, &r) {
-                        results.push(r);
-                    }
-                    acks.push(lease);
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        tokio::select! {
+            batch = receive_batch(&mut rx), if open && in_flight.len() < COMPLETIONS_IN_FLIGHT => {
+                match batch {
+                    Some(batch) => in_flight.push(complete_batch(
+                        &*broker, &shared, &counters, batch, &force,
+                    )),
+                    None => open = false,
                 }
-                Outcome::Expired(r) => {
-                    counters.expired.fetch_add(1, Ordering::Relaxed);
-                    if keeps_result(&shared, &r) {
-                        results.push(r);
-                    }
-                    acks.push(lease);
-                }
-                Outcome::Cancelled => {
-                    counters.returned.fetch_add(1, Ordering::Relaxed);
-                    releases.push(lease);
-                }
-                other => singles.push((lease, other)),
             }
-        }
-        // Results first, then acks: a crash in between re-runs the task (at-least-once)
-        // rather than losing its result.
-        store_results(&*broker, &results, ttl, &force).await;
-        if !acks.is_empty() {
-            retrying("ack", &force, || broker.ack_many(&acks)).await;
-        }
-        if !releases.is_empty() {
-            retrying("release", &force, || broker.release(&releases)).await;
-        }
-        for (lease, outcome) in singles {
-            match outcome {
-                Outcome::Failed {
-                    result,
-                    reason,
-                    retry_in: Some(wait),
-                } => {
-                    counters.retried.fetch_add(1, Ordering::Relaxed);
-                    if keeps_result(&shared, &result) {
-                        store_results(&*broker, std::slice::from_ref(&result), ttl, &force).await;
-                    }
-                    let eta = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-                    retrying("retry", &force, || broker.retry_later(&lease, eta, &reason)).await;
-                }
-                Outcome::Failed { result, reason, .. } => {
-                    counters.failed.fetch_add(1, Ordering::Relaxed);
-                    counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    store_results(&*broker, std::slice::from_ref(&result), ttl, &force).await;
-                    let why = format!("failed after {} attempt(s): {reason}", result.attempts);
-                    retrying("dead-letter", &force, || broker.dead_letter(&lease, &why)).await;
-                }
-                Outcome::Rejected { reason, result } => {
-                    counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    if let Some(r) = result {
-                        store_results(&*broker, std::slice::from_ref(&r), ttl, &force).await;
-                    }
-                    retrying("dead-letter", &force, || {
-                        broker.dead_letter(&lease, &reason)
-                    })
-                    .await;
-                }
-                _ => unreachable!("batched above"),
-            }
+            Some(()) = futures::StreamExt::next(&mut in_flight), if !in_flight.is_empty() => {}
         }
     }
 }
 
-/// Stores results (all at once: the connection pipelines them). Those that failed on a
-/// transient error (Redis restarting) are stored again with backoff until they are stored or
-/// `force` is cancelled, before the caller acknowledges their messages: a result must not be
-/// lost while its message is acked.
+/// The next outcomes waiting (at least one; at most a reserve batch), or `None` once every
+/// sender is gone.
+async fn receive_batch(rx: &mut mpsc::Receiver<Completion>) -> Option<Vec<Completion>> {
+    let mut batch = Vec::new();
+    (rx.recv_many(&mut batch, MAX_RESERVE_BATCH).await > 0).then_some(batch)
+}
+
+/// One batch of outcomes: results stored first (pipelined), then one ack call for all the
+/// successes, one release call for the cancelled, then retries and dead letters one by one.
+async fn complete_batch(
+    broker: &dyn Broker,
+    shared: &Shared,
+    counters: &WorkerCounters,
+    batch: Vec<Completion>,
+    force: &CancellationToken,
+) {
+    let ttl = shared.config.result_expires;
+    let mut results: Vec<TaskResult> = Vec::new();
+    let mut acks: Vec<Lease> = Vec::new();
+    let mut releases: Vec<Lease> = Vec::new();
+    let mut singles: Vec<(Lease, Outcome)> = Vec::new();
+    for Completion { lease, outcome } in batch {
+        log_outcome(&lease, &outcome);
+        match outcome {
+            Outcome::Succeeded(r) => {
+                counters.succeeded.fetch_add(1, Ordering::Relaxed);
+                if keeps_result(shared, &r) {
+                    results.push(r);
+                }
+                acks.push(lease);
+            }
+            Outcome::Expired(r) => {
+                counters.expired.fetch_add(1, Ordering::Relaxed);
+                if keeps_result(shared, &r) {
+                    results.push(r);
+                }
+                acks.push(lease);
+            }
+            Outcome::Cancelled => {
+                counters.returned.fetch_add(1, Ordering::Relaxed);
+                releases.push(lease);
+            }
+            other => singles.push((lease, other)),
+        }
+    }
+    // Results first, then acks: a crash in between re-runs the task (at-least-once)
+    // rather than losing its result.
+    store_results(broker, &results, ttl, force).await;
+    if !acks.is_empty() {
+        retrying("ack", force, || broker.ack_many(&acks)).await;
+    }
+    if !releases.is_empty() {
+        retrying("release", force, || broker.release(&releases)).await;
+    }
+    for (lease, outcome) in singles {
+        match outcome {
+            Outcome::Failed {
+                result,
+                reason,
+                retry_in: Some(wait),
+            } => {
+                counters.retried.fetch_add(1, Ordering::Relaxed);
+                if keeps_result(shared, &result) {
+                    store_results(broker, std::slice::from_ref(&result), ttl, force).await;
+                }
+                let eta = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+                retrying("retry", force, || broker.retry_later(&lease, eta, &reason)).await;
+            }
+            Outcome::Failed { result, reason, .. } => {
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                store_results(broker, std::slice::from_ref(&result), ttl, force).await;
+                let why = format!("failed after {} attempt(s): {reason}", result.attempts);
+                retrying("dead-letter", force, || broker.dead_letter(&lease, &why)).await;
+            }
+            Outcome::Rejected { reason, result } => {
+                counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                if let Some(r) = result {
+                    store_results(broker, std::slice::from_ref(&r), ttl, force).await;
+                }
+                retrying("dead-letter", force, || broker.dead_letter(&lease, &reason)).await;
+            }
+            _ => unreachable!("batched above"),
+        }
+    }
+}
+
+/// Stores results (one pipelined call). When that fails on a transient error (Redis
+/// restarting) it is repeated with backoff until it succeeds or `force` is cancelled, before
+/// the caller acknowledges the messages: a result must not be lost while its message is acked.
 async fn store_results(
     broker: &dyn Broker,
     results: &[TaskResult],
@@ -541,20 +579,22 @@ async fn store_results(
     if results.is_empty() {
         return;
     }
-    let first = futures::future::join_all(results.iter().map(|r| broker.store_result(r, ttl)));
-    let mut again: Vec<&TaskResult> = Vec::new();
-    for (r, res) in results.iter().zip(first.await) {
-        match res {
-            Ok(()) => {}
-            Err(e) if e.is_transient() => again.push(r),
-            Err(e) => tracing::warn!(id = %r.id, error = %e, "could not store result"),
+    match broker.store_results(results, ttl).await {
+        Ok(()) => {}
+        Err(e) if e.is_transient() => {
+            retrying("store results", force, || {
+                broker.store_results(results, ttl)
+            })
+            .await;
         }
-    }
-    if !again.is_empty() {
-        retrying("store results", force, || {
-            futures::future::try_join_all(again.iter().map(|r| broker.store_result(r, ttl)))
-        })
-        .await;
+        Err(_) => {
+            // Not transient: find the result(s) at fault, and store the others.
+            for r in results {
+                if let Err(e) = broker.store_result(r, ttl).await {
+                    tracing::warn!(id = %r.id, error = %e, "could not store result");
+                }
+            }
+        }
     }
 }
 

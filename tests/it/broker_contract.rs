@@ -399,6 +399,43 @@ pub async fn results_are_stored_fetched_and_expire(env: Env) {
     );
 }
 
+pub async fn results_are_stored_in_batches(env: Env) {
+    let messages: Vec<TaskMessage> = (0..1200).map(|_| msg("q", 5)).collect();
+    let mut results: Vec<TaskResult> = messages
+        .iter()
+        .map(|m| TaskResult::for_message(m, TaskStatus::Success))
+        .collect();
+    env.broker
+        .store_results(&results, Duration::from_secs(60))
+        .await
+        .unwrap();
+    for r in [&results[0], &results[777], &results[1199]] {
+        assert_eq!(
+            env.broker.get_result(&r.id).await.unwrap().as_ref(),
+            Some(r)
+        );
+    }
+    // Storing again replaces, as one by one.
+    results[3].status = TaskStatus::Failure;
+    env.broker
+        .store_results(&results[3..4], Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        env.broker
+            .get_result(&results[3].id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        TaskStatus::Failure
+    );
+    env.broker
+        .store_results(&[], Duration::from_secs(60))
+        .await
+        .unwrap();
+}
+
 pub async fn wait_result_wakes_when_the_result_is_stored(env: Env) {
     let m = msg("q", 5);
     let start = Instant::now();
@@ -697,6 +734,7 @@ contract!(
     dead_letters_are_listed_and_requeued,
     expires_and_all_fields_are_carried,
     results_are_stored_fetched_and_expire,
+    results_are_stored_in_batches,
     wait_result_wakes_when_the_result_is_stored,
     purge_removes_ready_and_delayed_only,
     stats_count_ready_per_priority,

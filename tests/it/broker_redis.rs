@@ -327,6 +327,25 @@ async fn scripts_survive_a_script_flush() {
 }
 
 #[tokio::test]
+async fn batched_result_store_survives_a_script_flush_and_sets_ttls() {
+    let server = RedisServer::start();
+    let b = broker(&server).await;
+    let mut c = server.connection();
+    let _: () = ::redis::cmd("SCRIPT").arg("FLUSH").query(&mut c).unwrap();
+    let results: Vec<TaskResult> = (0..3)
+        .map(|_| TaskResult::for_message(&TaskMessage::new("t", "q"), TaskStatus::Success))
+        .collect();
+    b.store_results(&results, Duration::from_secs(60))
+        .await
+        .unwrap();
+    for r in &results {
+        assert_eq!(b.get_result(&r.id).await.unwrap().as_ref(), Some(r));
+        let ttl: i64 = c.pttl(result_key(b.prefix(), &r.id)).unwrap();
+        assert!(ttl > 50_000 && ttl <= 60_000, "{ttl}");
+    }
+}
+
+#[tokio::test]
 async fn nothing_acknowledged_is_lost_when_redis_is_killed_and_restarted() {
     let mut server = RedisServer::start_with(RedisOptions {
         appendonly: true,
