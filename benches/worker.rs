@@ -3,7 +3,8 @@
 //! measures Celery, so that `bench/worker_vs_celery.sh` can print the two side by side.
 //!
 //! `cargo bench --bench worker -- [--quick] [--json PATH] [--only drain,latency,enqueue,rss]
-//! [--concurrency 1,4,64,256] [--log info]`
+//! [--concurrency 1,4,16,256] [--repeat 3] [--vs OTHER_CELERIAC_BINARY] [--log info]
+//! [--redis-stats]`
 //!
 //! - enqueue: `Broker::enqueue_many` of no-op messages, batches of 1000, 4 batches in flight.
 //! - drain: N no-op tasks queued first; `celeriac worker --max-tasks N` is started and timed
@@ -37,6 +38,8 @@ struct Options {
     concurrency: Vec<usize>,
     log: String,
     redis_stats: bool,
+    repeat: usize,
+    vs: Option<String>,
 }
 
 fn options() -> Options {
@@ -44,9 +47,11 @@ fn options() -> Options {
         quick: false,
         json: None,
         only: Vec::new(),
-        concurrency: vec![1, 4, 64, 256],
+        concurrency: vec![1, 4, 16, 256],
         log: "warn".into(),
         redis_stats: false,
+        repeat: 3,
+        vs: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -71,6 +76,8 @@ fn options() -> Options {
             }
             "--log" => o.log = args.next().unwrap_or_default(),
             "--redis-stats" => o.redis_stats = true,
+            "--repeat" => o.repeat = args.next().and_then(|r| r.parse().ok()).unwrap_or(3),
+            "--vs" => o.vs = args.next(),
             // `cargo bench` passes --bench; criterion-style filters are ignored.
             _ => {}
         }
@@ -122,20 +129,22 @@ impl Bench {
     }
 
     fn worker(&self, args: &[&str], log: &Path) -> Child {
+        self.worker_of(&this_build(), args, log)
+    }
+
+    /// A worker of the `celeriac` binary at `bin`.
+    fn worker_of(&self, bin: &str, args: &[&str], log: &Path) -> Child {
         let file = std::fs::File::create(log).unwrap();
         // CELERIAC_BENCH_WRAP="perf record -g -o /tmp/worker.perf --" profiles the worker.
-        // CELERIAC_BENCH_BIN=path runs another build (a before/after comparison).
-        let bin = std::env::var("CELERIAC_BENCH_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_celeriac").to_string());
         let wrap = std::env::var("CELERIAC_BENCH_WRAP").unwrap_or_default();
         let mut wrap = wrap.split_whitespace();
         let mut cmd = match wrap.next() {
             Some(program) => {
                 let mut c = Command::new(program);
-                c.args(wrap).arg(&bin);
+                c.args(wrap).arg(bin);
                 c
             }
-            None => Command::new(&bin),
+            None => Command::new(bin),
         };
         cmd.args(["worker", "-c"])
             .arg(&self.config)
@@ -184,7 +193,21 @@ async fn bench_enqueue(b: &Bench, n: usize) -> Value {
     json!({"what": "enqueue", "n": n, "seconds": took.as_secs_f64(), "per_second": rate})
 }
 
-async fn bench_drain(b: &Bench, n: usize, concurrency: usize, results: bool) -> Value {
+/// The `celeriac` binary measured: this build, or `CELERIAC_BENCH_BIN`.
+fn this_build() -> String {
+    std::env::var("CELERIAC_BENCH_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_celeriac").to_string())
+}
+
+/// One drain: tasks per second, worker and Redis CPU microseconds per task, worker peak RSS.
+struct DrainRun {
+    rate: f64,
+    worker_us: f64,
+    redis_us: f64,
+    peak_mib: f64,
+}
+
+async fn drain_once(b: &Bench, bin: &str, n: usize, concurrency: usize, results: bool) -> DrainRun {
     b.flush();
     let task = if results { "noop" } else { "noop_ignore" };
     b.fill(task, n).await;
@@ -196,8 +219,10 @@ async fn bench_drain(b: &Bench, n: usize, concurrency: usize, results: bool) -> 
     let ns = n.to_string();
     let redis_cpu_before = b.redis_cpu();
     let started = Instant::now();
-    let child = b.worker(&["--concurrency", &c, "--max-tasks", &ns], &log);
-    let (ok, worker_cpu, peak_kib) = wait_with_usage(child);
+    let child = b.worker_of(bin, &["--concurrency", &c, "--max-tasks", &ns], &log);
+    let peak = watch_peak_rss(child.id());
+    let (ok, worker_cpu) = wait_with_usage(child);
+    let peak_kib = peak.join().unwrap();
     let took = started.elapsed();
     let redis_cpu = b.redis_cpu() - redis_cpu_before;
     assert!(
@@ -218,25 +243,76 @@ async fn bench_drain(b: &Bench, n: usize, concurrency: usize, results: bool) -> 
         assert!(keys >= n, "a result per task ({keys} keys)");
     }
     b.print_redis_stats();
-    let rate = n as f64 / took.as_secs_f64();
-    println!(
-        "drain {n} no-op tasks, results {}, --concurrency {concurrency}: {took:.2?} = {rate:.0}/s \
-         (process start to exit; CPU per task: worker {:.1} us, redis {:.1} us; worker peak RSS {:.1} MiB)",
-        if results { "on" } else { "off" },
-        worker_cpu * 1e6 / n as f64,
-        redis_cpu * 1e6 / n as f64,
-        peak_kib as f64 / 1024.0,
-    );
-    json!({"what": "drain", "n": n, "results": results, "concurrency": concurrency,
-           "seconds": took.as_secs_f64(), "per_second": rate,
-           "worker_cpu_us_per_task": worker_cpu * 1e6 / n as f64,
-           "redis_cpu_us_per_task": redis_cpu * 1e6 / n as f64,
-           "worker_peak_rss_mib": peak_kib as f64 / 1024.0})
+    DrainRun {
+        rate: n as f64 / took.as_secs_f64(),
+        worker_us: worker_cpu * 1e6 / n as f64,
+        redis_us: redis_cpu * 1e6 / n as f64,
+        peak_mib: peak_kib as f64 / 1024.0,
+    }
 }
 
-/// Waits for a child and returns whether it exited 0, the CPU seconds (user + system) it
-/// used, and its peak RSS in KiB (wait4's rusage).
-fn wait_with_usage(child: Child) -> (bool, f64, u64) {
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    xs[xs.len() / 2]
+}
+
+/// Drains `repeat` times (alternating with the `vs` build when given) and reports medians.
+async fn bench_drain(
+    b: &Bench,
+    n: usize,
+    concurrency: usize,
+    results: bool,
+    repeat: usize,
+    vs: Option<&str>,
+) -> Value {
+    let bin = this_build();
+    let mut runs = Vec::new();
+    let mut other = Vec::new();
+    for _ in 0..repeat {
+        runs.push(drain_once(b, &bin, n, concurrency, results).await);
+        if let Some(vs) = vs {
+            other.push(drain_once(b, vs, n, concurrency, results).await);
+        }
+    }
+    let rates: Vec<f64> = runs.iter().map(|r| r.rate).collect();
+    let (lo, hi) = (
+        rates.iter().cloned().fold(f64::MAX, f64::min),
+        rates.iter().cloned().fold(0.0, f64::max),
+    );
+    let rate = median(rates);
+    let worker_us = median(runs.iter().map(|r| r.worker_us).collect());
+    let redis_us = median(runs.iter().map(|r| r.redis_us).collect());
+    let peak_mib = median(runs.iter().map(|r| r.peak_mib).collect());
+    println!(
+        "drain {n} no-op tasks, results {}, --concurrency {concurrency}: median {rate:.0}/s \
+         (min {lo:.0}, max {hi:.0}; {repeat} runs, process start to exit); CPU per task: \
+         worker {worker_us:.1} us, redis {redis_us:.1} us; worker peak RSS {peak_mib:.1} MiB",
+        if results { "on" } else { "off" },
+    );
+    let mut v = json!({"what": "drain", "n": n, "results": results, "concurrency": concurrency,
+           "runs": repeat, "per_second": rate, "min_per_second": lo, "max_per_second": hi,
+           "worker_cpu_us_per_task": worker_us, "redis_cpu_us_per_task": redis_us,
+           "worker_peak_rss_mib": peak_mib});
+    if !other.is_empty() {
+        let vs_rate = median(other.iter().map(|r| r.rate).collect());
+        let vs_worker = median(other.iter().map(|r| r.worker_us).collect());
+        let vs_redis = median(other.iter().map(|r| r.redis_us).collect());
+        println!(
+            "    vs {}: median {vs_rate:.0}/s, CPU per task worker {vs_worker:.1} us, redis \
+             {vs_redis:.1} us; ratio this/vs {:.2}",
+            vs.unwrap(),
+            rate / vs_rate
+        );
+        v["vs_per_second"] = json!(vs_rate);
+        v["vs_worker_cpu_us_per_task"] = json!(vs_worker);
+        v["vs_redis_cpu_us_per_task"] = json!(vs_redis);
+    }
+    v
+}
+
+/// Waits for a child and returns whether it exited 0 and the CPU seconds (user + system)
+/// it used (wait4's rusage).
+fn wait_with_usage(child: Child) -> (bool, f64) {
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -246,11 +322,20 @@ fn wait_with_usage(child: Child) -> (bool, f64, u64) {
     assert!(pid > 0, "wait4: {}", std::io::Error::last_os_error());
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    (
-        ok,
-        secs(usage.ru_utime) + secs(usage.ru_stime),
-        usage.ru_maxrss as u64,
-    )
+    (ok, secs(usage.ru_utime) + secs(usage.ru_stime))
+}
+
+/// Follows a process's peak RSS (VmHWM, KiB) until it exits. (wait4's ru_maxrss would count
+/// the memory of this process copied by fork before the exec.)
+fn watch_peak_rss(pid: u32) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while let Some(hwm) = rss_kib(pid).map(|(_, hwm)| hwm).filter(|&h| h > 0) {
+            peak = hwm;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        peak
+    })
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -305,17 +390,17 @@ async fn bench_latency(b: &Bench, samples: usize) -> Value {
     json!({"what": "latency", "samples": samples, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "max_ms": max})
 }
 
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+/// VmRSS and VmHWM (KiB) of a live process; `None` once it is gone (a zombie has neither).
+fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
         status
             .lines()
             .find(|l| l.starts_with(name))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
     };
-    (field("VmRSS:"), field("VmHWM:"))
+    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 async fn bench_rss(b: &Bench) -> Value {
@@ -330,7 +415,7 @@ async fn bench_rss(b: &Bench) -> Value {
         .unwrap()
         .expect("result");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (rss, hwm) = rss_kib(child.id());
+    let (rss, hwm) = rss_kib(child.id()).expect("worker alive");
     let _ = child.kill();
     let _ = child.wait();
     println!(
@@ -381,7 +466,7 @@ fn main() {
     let (enqueue_n, drain_n, samples) = if o.quick {
         (100_000, 50_000, 500)
     } else {
-        (500_000, 200_000, 2000)
+        (500_000, 100_000, 2000)
     };
     let mut out = Vec::new();
     rt.block_on(async {
@@ -391,7 +476,7 @@ fn main() {
         if wanted("drain") {
             for results in [false, true] {
                 for &c in &o.concurrency {
-                    out.push(bench_drain(&b, drain_n, c, results).await);
+                    out.push(bench_drain(&b, drain_n, c, results, o.repeat, o.vs.as_deref()).await);
                 }
             }
         }
