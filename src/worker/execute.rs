@@ -9,7 +9,7 @@ use chrono::Utc;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::command::{self, CommandSpec, Termination};
+use super::command::{self, Captured, CommandSpec, Termination};
 use super::handler::{TaskContext, TaskFailure};
 use super::{Shared, builtin};
 use crate::broker::{Delivery, TaskMessage, TaskResult, TaskStatus};
@@ -148,14 +148,11 @@ pub async fn execute(shared: &Shared, delivery: &Delivery, cancel: &Cancellation
             match command::run(&spec, cancel).await {
                 Err(e) => Err(TaskFailure::new(e.to_string())),
                 Ok(out) => {
-                    let mut text = out.stdout.text.clone();
-                    if !out.stderr.text.is_empty() {
-                        if !text.is_empty() && !text.ends_with('\n') {
-                            text.push('\n');
-                        }
-                        text.push_str(&out.stderr.text);
-                    }
-                    result.set_output(text.as_bytes(), shared.options.output_limit);
+                    result.output = Some(command_output(
+                        &out.stdout,
+                        &out.stderr,
+                        shared.options.output_limit,
+                    ));
                     match out.termination {
                         Termination::Exited(0) => {
                             result.exit_code = Some(0);
@@ -238,6 +235,29 @@ where
     }
 }
 
+/// What a command's result keeps of its output: stdout then stderr, at most `limit` bytes.
+/// When there was more, the head goes (the end of a run is where its errors are) and a first
+/// line says how much was dropped.
+fn command_output(stdout: &Captured, stderr: &Captured, limit: usize) -> String {
+    let mut text = stdout.text.clone();
+    if !stderr.text.is_empty() {
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&stderr.text);
+    }
+    let mut start = text.len().saturating_sub(limit);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    if start == 0 && !stdout.truncated() && !stderr.truncated() {
+        return text;
+    }
+    let kept = &text[start..];
+    let dropped = (stdout.total_bytes + stderr.total_bytes).saturating_sub(kept.len() as u64);
+    format!("[... {dropped} bytes of output dropped]\n{kept}")
+}
+
 /// Retry waits get ±20 % jitter so that a burst of failures does not retry in lockstep.
 fn jitter(d: Duration) -> Duration {
     let factor = rand::random_range(0.8..=1.2);
@@ -265,4 +285,44 @@ pub fn command_env(message: &TaskMessage, attempt: u32) -> BTreeMap<String, Stri
         env.insert("CELERIAC_SCHEDULE".into(), s.clone());
     }
     env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn captured(text: &str, total: u64) -> Captured {
+        Captured {
+            text: text.to_string(),
+            total_bytes: total,
+        }
+    }
+
+    #[test]
+    fn command_output_is_stdout_then_stderr() {
+        assert_eq!(
+            command_output(&captured("out", 3), &captured("err\n", 4), 100),
+            "out\nerr\n"
+        );
+        assert_eq!(command_output(&captured("", 0), &captured("", 0), 100), "");
+    }
+
+    #[test]
+    fn command_output_keeps_the_end_where_the_error_is() {
+        let stdout = "x".repeat(90) + "\n";
+        let out = command_output(&captured(&stdout, 91), &captured("boom\n", 5), 20);
+        assert_eq!(
+            out,
+            format!(
+                "[... 76 bytes of output dropped]\n{}\nboom\n",
+                "x".repeat(14)
+            )
+        );
+        // The capture already dropped the head of a long stream: said too.
+        let out = command_output(&captured("tail\n", 1000), &captured("", 0), 100);
+        assert_eq!(out, "[... 995 bytes of output dropped]\ntail\n");
+        // Never cut inside a character.
+        let out = command_output(&captured("ééé", 6), &captured("", 0), 3);
+        assert_eq!(out, "[... 4 bytes of output dropped]\né");
+    }
 }

@@ -538,3 +538,29 @@ tasks:
     let stats = s.broker.queue_stats("default").await.unwrap();
     assert_eq!((stats.ready_total(), stats.active, stats.dead), (0, 0, 1));
 }
+
+#[tokio::test]
+async fn a_chatty_failing_command_keeps_the_end_of_its_output() {
+    let s = Setup::new(
+        r#"
+queues: {default: {}}
+tasks:
+  chatty:
+    command: ['sh', '-c', 'head -c 200000 /dev/zero | tr "\0" x; echo; echo "boom: disk full" >&2; exit 3']
+"#,
+    )
+    .await;
+    let _worker = s.started_worker(&[]).await;
+    let (code, out, _) = s.run("enqueue", &["chatty", "--wait"]);
+    assert_eq!(code, 1);
+    let (_, result) = split_wait_output(&out);
+    assert_eq!(result["status"], "failure");
+    assert_eq!(result["exit_code"], 3);
+    let output = result["output"].as_str().unwrap();
+    assert!(
+        output.ends_with("xxx\nboom: disk full\n"),
+        "the error is kept"
+    );
+    assert!(output.starts_with("[... "), "says what was dropped");
+    assert!(output.len() <= 64 * 1024 + 64, "bounded: {}", output.len());
+}
