@@ -470,3 +470,28 @@ async fn worker_waits_quietly_while_redis_is_down_and_resumes() {
         .collect();
     assert_eq!(warnings.len(), 1, "the loss is logged once:\n{log}");
 }
+
+#[tokio::test]
+async fn a_message_redelivered_too_often_is_dead_lettered_not_run() {
+    // A message whose lease keeps expiring (it kills or hangs every worker that runs it)
+    // comes back with a growing attempt count; past retry.max + 5 it is not started again.
+    let s = Setup::new(
+        "queues: {default: {}}\ntasks:\n  t:\n    command: ['sh', '-c', 'touch \"$DIR/ran\"']\n    retry: {max: 1}\n",
+    )
+    .await;
+    let mut poison = TaskMessage::new("t", "default");
+    poison.attempt = 7;
+    s.broker.enqueue(&poison).await.unwrap();
+    let _worker = s.started_worker(&[]).await;
+    let r = s.final_result(&poison.id, SOON).await;
+    assert_eq!(r.status, TaskStatus::DeadLettered);
+    assert!(!s.path("ran").exists(), "not started again");
+    let dead = s.broker.dead_letters("default", 1).await.unwrap();
+    assert!(
+        dead[0]
+            .reason
+            .starts_with("delivered 8 times without completing"),
+        "{}",
+        dead[0].reason
+    );
+}
