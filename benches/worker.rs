@@ -202,6 +202,7 @@ fn this_build() -> String {
 /// One drain: tasks per second, worker and Redis CPU microseconds per task, worker peak RSS.
 struct DrainRun {
     rate: f64,
+    most_active: u64,
     worker_us: f64,
     redis_us: f64,
     peak_mib: f64,
@@ -221,7 +222,22 @@ async fn drain_once(b: &Bench, bin: &str, n: usize, concurrency: usize, results:
     let started = Instant::now();
     let child = b.worker_of(bin, &["--concurrency", &c, "--max-tasks", &ns], &log);
     let peak = watch_peak_rss(child.id());
-    let (ok, worker_cpu) = wait_with_usage(child);
+    // Most messages reserved at once (leased, not yet acknowledged), sampled.
+    let most_active = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampler = {
+        let (broker, most) = (b.broker.clone(), most_active.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Ok(s) = broker.queue_stats(QUEUE).await {
+                    most.fetch_max(s.active, std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let (ok, worker_cpu) = tokio::task::block_in_place(|| wait_with_usage(child));
+    sampler.abort();
+    let most_active = most_active.load(std::sync::atomic::Ordering::Relaxed);
     let peak_kib = peak.join().unwrap();
     let took = started.elapsed();
     let redis_cpu = b.redis_cpu() - redis_cpu_before;
@@ -245,6 +261,7 @@ async fn drain_once(b: &Bench, bin: &str, n: usize, concurrency: usize, results:
     b.print_redis_stats();
     DrainRun {
         rate: n as f64 / took.as_secs_f64(),
+        most_active,
         worker_us: worker_cpu * 1e6 / n as f64,
         redis_us: redis_cpu * 1e6 / n as f64,
         peak_mib: peak_kib as f64 / 1024.0,
@@ -283,16 +300,18 @@ async fn bench_drain(
     let worker_us = median(runs.iter().map(|r| r.worker_us).collect());
     let redis_us = median(runs.iter().map(|r| r.redis_us).collect());
     let peak_mib = median(runs.iter().map(|r| r.peak_mib).collect());
+    let most_active = runs.iter().map(|r| r.most_active).max().unwrap_or(0);
     println!(
         "drain {n} no-op tasks, results {}, --concurrency {concurrency}: median {rate:.0}/s \
          (min {lo:.0}, max {hi:.0}; {repeat} runs, process start to exit); CPU per task: \
-         worker {worker_us:.1} us, redis {redis_us:.1} us; worker peak RSS {peak_mib:.1} MiB",
+         worker {worker_us:.1} us, redis {redis_us:.1} us; worker peak RSS {peak_mib:.1} MiB; \
+         at most {most_active} messages reserved at once",
         if results { "on" } else { "off" },
     );
     let mut v = json!({"what": "drain", "n": n, "results": results, "concurrency": concurrency,
            "runs": repeat, "per_second": rate, "min_per_second": lo, "max_per_second": hi,
            "worker_cpu_us_per_task": worker_us, "redis_cpu_us_per_task": redis_us,
-           "worker_peak_rss_mib": peak_mib});
+           "worker_peak_rss_mib": peak_mib, "most_reserved_at_once": most_active});
     if !other.is_empty() {
         let vs_rate = median(other.iter().map(|r| r.rate).collect());
         let vs_worker = median(other.iter().map(|r| r.worker_us).collect());

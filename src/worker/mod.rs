@@ -5,9 +5,12 @@
 //! - a permit (of `concurrency`) is taken BEFORE reserving, so the worker never holds a
 //!   message it cannot start; all free permits are used for one batched reserve;
 //! - each message runs in its own tokio task; its outcome goes to the *completer*, which
-//!   stores results and acknowledges in batches (one ack script call for many messages);
-//! - the *lease keeper* extends the leases of running messages every `lease / 3`, so a
-//!   long task keeps its message while a dead worker's messages come back after `lease`;
+//!   stores results and acknowledges in batches (one ack script call for many messages). A
+//!   task keeps its permit until the completer has taken its outcome, so a completer that
+//!   falls behind (Redis slow) slows reserving down instead of letting finished messages pile up;
+//! - the *lease keeper* extends the leases of every message the worker holds (running, or
+//!   finished and not yet acknowledged) every `lease / 3`, so a long task (or a slow ack)
+//!   keeps its message while a dead worker's messages come back after `lease`;
 //! - on shutdown: stop reserving, let running tasks finish for `grace`, then stop them and
 //!   put their messages back on the queue unchanged, flush the completer, return.
 
@@ -196,7 +199,8 @@ impl Worker {
         );
 
         let semaphore = Arc::new(Semaphore::new(opts.concurrency));
-        let running: Arc<Mutex<HashMap<String, Lease>>> = Arc::default();
+        // Every message this worker holds: running, or finished and not yet acknowledged.
+        let held: Held = Arc::default();
         let stop_tasks = CancellationToken::new();
         let (done_tx, done_rx) = mpsc::channel::<Completion>(4 * MAX_RESERVE_BATCH);
         let completer = tokio::spawn(complete_loop(
@@ -204,12 +208,13 @@ impl Worker {
             self.shared.clone(),
             self.counters.clone(),
             done_rx,
+            held.clone(),
             force.clone(),
         ));
         let keeper_stop = CancellationToken::new();
         let keeper = tokio::spawn(keep_leases(
             self.broker.clone(),
-            running.clone(),
+            held.clone(),
             opts.lease,
             keeper_stop.clone(),
         ));
@@ -280,28 +285,24 @@ impl Worker {
                 let permit = permits.split(1).expect("one permit per reserved message");
                 started += 1;
                 self.counters.started.fetch_add(1, Ordering::Relaxed);
-                running
-                    .lock()
-                    .expect("running map poisoned")
+                held.lock()
+                    .expect("held map poisoned")
                     .insert(delivery.lease.id.clone(), delivery.lease.clone());
                 let shared = self.shared.clone();
                 let done = done_tx.clone();
                 let cancel = stop_tasks.child_token();
-                let running = running.clone();
                 tasks.spawn(async move {
                     let outcome = execute::execute(&shared, &delivery, &cancel).await;
-                    drop(permit);
-                    running
-                        .lock()
-                        .expect("running map poisoned")
-                        .remove(&delivery.lease.id);
-                    // The completer only goes away after every task has finished.
+                    // The completer only goes away after every task has finished. The permit
+                    // is given back once it has the outcome (backpressure), the lease once it
+                    // has acknowledged (or retried, released, dead-lettered) the message.
                     let _ = done
                         .send(Completion {
                             lease: delivery.lease,
                             outcome,
                         })
                         .await;
+                    drop(permit);
                 });
             }
             // Unused permits (fewer messages than asked for) go back here.
@@ -326,16 +327,17 @@ impl Worker {
         };
         if !finished_in_grace {
             tracing::warn!(
-                running = running.lock().expect("running map poisoned").len(),
+                running = opts.concurrency - semaphore.available_permits(),
                 "grace period over: stopping running tasks and returning their messages"
             );
             stop_tasks.cancel();
             drained.await;
         }
-        keeper_stop.cancel();
-        let _ = keeper.await;
+        // Leases are kept alive until the last outcome has been handed to the broker.
         drop(done_tx);
         let _ = completer.await;
+        keeper_stop.cancel();
+        let _ = keeper.await;
         tracing::info!(
             started = WorkerCounters::get(&self.counters.started),
             succeeded = WorkerCounters::get(&self.counters.succeeded),
@@ -408,10 +410,22 @@ impl Backoff {
     }
 }
 
-/// Extends the leases of running messages every `lease / 3`.
+/// The messages a worker holds (running, or finished and not yet acknowledged), by id.
+type Held = Arc<Mutex<HashMap<String, Lease>>>;
+
+/// Forgets a message once the completer has handed its outcome to the broker (only this
+/// reservation of it: the same id may have been reserved again since, under a new token).
+fn let_go(held: &Held, lease: &Lease) {
+    let mut held = held.lock().expect("held map poisoned");
+    if held.get(&lease.id).is_some_and(|l| l.token == lease.token) {
+        held.remove(&lease.id);
+    }
+}
+
+/// Extends the leases of the messages the worker holds every `lease / 3`.
 async fn keep_leases(
     broker: Arc<dyn Broker>,
-    running: Arc<Mutex<HashMap<String, Lease>>>,
+    held: Held,
     lease: Duration,
     stop: CancellationToken,
 ) {
@@ -422,9 +436,9 @@ async fn keep_leases(
             _ = tokio::time::sleep(every) => {}
             _ = stop.cancelled() => return,
         }
-        let leases: Vec<Lease> = running
+        let leases: Vec<Lease> = held
             .lock()
-            .expect("running map poisoned")
+            .expect("held map poisoned")
             .values()
             .cloned()
             .collect();
@@ -432,9 +446,16 @@ async fn keep_leases(
             continue;
         }
         match broker.extend_lease(&leases, lease).await {
-            Ok(held) => {
-                for (l, ok) in leases.iter().zip(held) {
-                    if !ok && lost_reported.insert(l.id.clone()) {
+            Ok(extended) => {
+                for (l, ok) in leases.iter().zip(extended) {
+                    // Acknowledged meanwhile (no longer held) is not a lost lease.
+                    let still_held = || {
+                        held.lock()
+                            .expect("held map poisoned")
+                            .get(&l.id)
+                            .is_some_and(|h| h.token == l.token)
+                    };
+                    if !ok && still_held() && lost_reported.insert(l.id.clone()) {
                         tracing::warn!(
                             id = %l.id,
                             queue = %l.queue,
@@ -461,6 +482,7 @@ async fn complete_loop(
     shared: Arc<Shared>,
     counters: Arc<WorkerCounters>,
     mut rx: mpsc::Receiver<Completion>,
+    held: Held,
     force: CancellationToken,
 ) {
     let mut in_flight = futures::stream::FuturesUnordered::new();
@@ -470,7 +492,7 @@ async fn complete_loop(
             batch = receive_batch(&mut rx), if open && in_flight.len() < COMPLETIONS_IN_FLIGHT => {
                 match batch {
                     Some(batch) => in_flight.push(complete_batch(
-                        &*broker, &shared, &counters, batch, &force,
+                        &*broker, &shared, &counters, batch, &held, &force,
                     )),
                     None => open = false,
                 }
@@ -494,6 +516,7 @@ async fn complete_batch(
     shared: &Shared,
     counters: &WorkerCounters,
     batch: Vec<Completion>,
+    held: &Held,
     force: &CancellationToken,
 ) {
     let ttl = shared.config.result_expires;
@@ -534,6 +557,9 @@ async fn complete_batch(
     if !releases.is_empty() {
         retrying("release", force, || broker.release(&releases)).await;
     }
+    for lease in acks.iter().chain(&releases) {
+        let_go(held, lease);
+    }
     for (lease, outcome) in singles {
         match outcome {
             Outcome::Failed {
@@ -564,6 +590,7 @@ async fn complete_batch(
             }
             _ => unreachable!("batched above"),
         }
+        let_go(held, &lease);
     }
 }
 

@@ -10,3 +10,4 @@ mod schedule;
 mod util;
 mod worker;
 mod worker_faults;
+mod worker_library;
