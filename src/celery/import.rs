@@ -1,0 +1,1 @@
+//! `celeriac import-celery`: a Celery `beat_schedule` dump to YAML.
