@@ -56,6 +56,27 @@ pub enum Command {
     Resume(NameArgs),
     /// Why a schedule fired, was skipped or misfired (the beat journal).
     Why(NameArgs),
+    /// Convert a JSON dump of a Celery `beat_schedule` into celeriac YAML
+    /// (see docs/migrating-from-celery.md for the Python snippet that writes the dump).
+    ImportCelery(ImportCeleryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportCeleryArgs {
+    /// The JSON dump of the beat_schedule.
+    pub dump: PathBuf,
+    /// Write the YAML here instead of standard output.
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<PathBuf>,
+    /// The `protocol: celery` queue the schedules send to when they name none.
+    #[arg(long, default_value = "celery")]
+    pub queue: String,
+    /// The Celery app's broker URL (default: the dump's `broker_url`, else redis://127.0.0.1:6379/0).
+    #[arg(long)]
+    pub celery_broker: Option<String>,
+    /// The Celery app's result backend URL (default: the dump's `result_backend`).
+    #[arg(long)]
+    pub celery_backend: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -169,13 +190,15 @@ pub struct NextArgs {
 
 #[derive(Debug, Args)]
 pub struct EnqueueArgs {
-    /// Task name, as declared under `tasks:`.
+    /// Task name, as declared under `tasks:` (on a `protocol: celery` queue: a Celery task
+    /// name such as data_handle.cal, run by Celery workers).
     pub task: String,
     #[command(flatten)]
     pub config: ConfigArg,
     #[command(flatten)]
     pub broker: BrokerArg,
-    /// Task arguments as JSON (an object for templated commands).
+    /// Task arguments as JSON (an object for templated commands; on a `protocol: celery`
+    /// queue a list is Celery's positional args, an object its kwargs).
     #[arg(long, default_value = "{}")]
     pub args: String,
     /// Queue to enqueue on.

@@ -155,8 +155,31 @@ async fn cmd_worker(args: cli::WorkerArgs) -> anyhow::Result<()> {
         }
     }
     let signals = celeriac::shutdown::listen()?;
-    let (broker, shown) = open_broker(&args.broker, &cfg, true).await?;
-    tracing::info!(broker = %shown, "connected");
+    // `protocol: celery` queues are consumed through their Celery app's Redis, the others
+    // through the celeriac broker (only needed when there are any).
+    let (celery_queues, native): (Vec<String>, Vec<String>) = queues
+        .into_iter()
+        .partition(|q| cfg.queues.get(q).is_some_and(|c| c.is_celery()));
+    let mut native = native;
+    if args.queues.is_empty()
+        && !celery_queues.is_empty()
+        && broker_url(&args.broker, &cfg).is_err()
+    {
+        // Nothing named on the command line and no celeriac broker: a Celery-only setup.
+        tracing::info!(
+            "no celeriac broker configured: consuming only the `protocol: celery` queues"
+        );
+        native.clear();
+    }
+    let mut sources = Vec::new();
+    if !native.is_empty() {
+        let (broker, shown) = open_broker(&args.broker, &cfg, true).await?;
+        tracing::info!(broker = %shown, "connected");
+        sources.push((broker, native));
+    }
+    sources.extend(open_celery(&cfg, &celery_queues).await?);
+    let mut sources = sources.into_iter();
+    let (broker, queues) = sources.next().expect("at least one queue is consumed");
     let options = WorkerOptions {
         queues,
         concurrency: args.concurrency,
@@ -165,7 +188,10 @@ async fn cmd_worker(args: cli::WorkerArgs) -> anyhow::Result<()> {
         lease: args.lease,
         ..WorkerOptions::default()
     };
-    let worker = Worker::new(cfg, broker, Handlers::new(), options);
+    let mut worker = Worker::new(cfg, broker, Handlers::new(), options);
+    for (broker, queues) in sources {
+        worker = worker.add_source(broker, queues);
+    }
     worker
         .run(signals.shutdown, signals.force)
         .await
@@ -173,9 +199,23 @@ async fn cmd_worker(args: cli::WorkerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Brokers for `protocol: celery` queues (one per Celery app); unreachable at start exits 69.
+async fn open_celery(
+    cfg: &config::Config,
+    queues: &[String],
+) -> anyhow::Result<Vec<(Arc<dyn Broker>, Vec<String>)>> {
+    match celeriac::celery::open_brokers(cfg, queues, Default::default()).await {
+        Ok(b) => Ok(b),
+        Err(e) if e.is_transient() => Err(unavailable(format!("Celery broker: {e}"))),
+        Err(e) => Err(usage(format!("Celery broker: {e}"))),
+    }
+}
+
 async fn cmd_enqueue(args: cli::EnqueueArgs) -> anyhow::Result<()> {
     let cfg = load_config(&args.config.config)?;
-    if !cfg.tasks.contains_key(&args.task) {
+    // On a `protocol: celery` queue the task is a Celery task name, run by Celery workers.
+    let to_celery = cfg.queues.get(&args.queue).is_some_and(|q| q.is_celery());
+    if !to_celery && !cfg.tasks.contains_key(&args.task) {
         return Err(usage(format!(
             "unknown task `{}` (declared: {})",
             args.task,
@@ -199,7 +239,12 @@ async fn cmd_enqueue(args: cli::EnqueueArgs) -> anyhow::Result<()> {
     if let Some(c) = args.countdown {
         message = message.with_countdown(c);
     }
-    let (broker, _) = open_broker(&args.broker, &cfg, true).await?;
+    let broker = if to_celery {
+        let mut brokers = open_celery(&cfg, std::slice::from_ref(&args.queue)).await?;
+        brokers.remove(0).0
+    } else {
+        open_broker(&args.broker, &cfg, true).await?.0
+    };
     broker.enqueue(&message).await?;
     println!("{}", message.id);
     if !args.wait {
@@ -253,7 +298,14 @@ async fn cmd_result(args: cli::ResultArgs) -> anyhow::Result<()> {
 
 async fn cmd_purge(args: cli::PurgeArgs) -> anyhow::Result<()> {
     let cfg = load_config(&args.config.config)?;
-    let (broker, _) = open_broker(&args.broker, &cfg, true).await?;
+    let broker = if cfg.queues.get(&args.queue).is_some_and(|q| q.is_celery()) {
+        open_celery(&cfg, std::slice::from_ref(&args.queue))
+            .await?
+            .remove(0)
+            .0
+    } else {
+        open_broker(&args.broker, &cfg, true).await?.0
+    };
     let n = broker.purge(&args.queue).await?;
     println!(
         "purged {n} message{} from `{}`",
@@ -324,7 +376,30 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Pause(_) => not_yet("pause", 6),
         Command::Resume(_) => not_yet("resume", 6),
         Command::Why(_) => not_yet("why", 6),
+        Command::ImportCelery(args) => cmd_import_celery(args),
     }
+}
+
+/// `import-celery`: a JSON dump of a Celery `beat_schedule` to celeriac YAML.
+fn cmd_import_celery(args: cli::ImportCeleryArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.dump)
+        .map_err(|e| usage(format!("cannot read {}: {e}", args.dump.display())))?;
+    let options = celeriac::celery::import::ImportOptions {
+        queue: args.queue.clone(),
+        broker: args.celery_broker.clone(),
+        backend: args.celery_backend.clone(),
+    };
+    let yaml = celeriac::celery::import::beat_schedule_to_yaml(&text, &options)
+        .map_err(|e| usage(format!("{}: {e}", args.dump.display())))?;
+    match &args.output {
+        Some(path) => {
+            std::fs::write(path, &yaml)
+                .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => print!("{yaml}"),
+    }
+    Ok(())
 }
 
 fn not_yet(what: &str, issue: u32) -> anyhow::Result<()> {

@@ -121,8 +121,8 @@ pub async fn open_brokers(
     queues: &[String],
     options: CeleryBrokerOptions,
 ) -> Result<Vec<(Arc<dyn Broker>, Vec<String>)>> {
-    let mut groups: BTreeMap<(String, Option<String>), Vec<(String, CeleryQueue)>> =
-        BTreeMap::new();
+    type App = (String, Option<String>);
+    let mut groups: BTreeMap<App, Vec<(String, CeleryQueue)>> = BTreeMap::new();
     for name in queues {
         if let Some(c) = config.queues.get(name).and_then(|q| q.celery.as_ref()) {
             groups
@@ -192,11 +192,11 @@ impl CeleryBroker {
             .values()
             .flat_map(|t| t.celery_names.iter().map(|c| (c.clone(), t.name.clone())))
             .collect();
-        tracing::info!(
+        tracing::debug!(
             broker = %redact(&broker_url),
             backend = %backend_url.as_deref().map(redact).unwrap_or_else(|| "none".into()),
             queues = %map.values().map(|q| format!("{}={}", q.name, q.keys.name)).collect::<Vec<_>>().join(","),
-            "consuming Celery queues"
+            "connected to a Celery app's Redis"
         );
         Ok(CeleryBroker {
             link,
