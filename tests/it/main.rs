@@ -3,6 +3,7 @@
 
 mod broker_contract;
 mod broker_redis;
+mod celery;
 mod cli;
 mod config;
 mod redis_server;
