@@ -126,7 +126,7 @@ def cal(self, x, y):
 "#,
             broker = self.url(1),
             backend = self.url(2),
-            runs = self.path("runs.jsonl").display().to_string(),
+            runs = self.path("runs.jsonl").display(),
         );
         std::fs::write(self.path("data_handle.py"), app).unwrap();
     }
