@@ -860,3 +860,82 @@ app.conf.beat_schedule = {
     assert_eq!(cfg.schedules.len(), 2);
     assert_eq!(cfg.schedules["cal-every-30s"].priority, 9);
 }
+
+// ----- configuration ---------------------------------------------------------------------
+
+#[test]
+fn celery_queue_settings_are_validated_with_positions() {
+    let text = r#"queues:
+  celery:
+    protocol: celery
+    broker: redis+socket:///run/redis.sock
+    priority_steps: [0, 5, 3]
+  nobroker:
+    protocol: celery
+  native:
+    backend: redis://127.0.0.1:6379/2
+  typo: {protocol: celry}
+tasks:
+  a: {builtin: noop, celery_name: data_handle.cal}
+  b: {builtin: noop, celery_name: [data_handle.cal]}
+schedules:
+  s:
+    task: data_handle.not_a_celeriac_task
+    every: 30s
+    queue: native
+"#;
+    let errors = celeriac::config::load_str(text, Path::new("c.yaml"))
+        .unwrap_err()
+        .to_string();
+    let lines: Vec<&str> = errors.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "c.yaml:4:13: unsupported `broker` URL `redis+socket:///run/redis.sock`; for a unix socket write `unix:///run/redis.sock`",
+            "c.yaml:5:21: `priority_steps` must start with 0 and ascend, like kombu's default `[0, 3, 6, 9]`",
+            "c.yaml:6:3: queue `nobroker` has `protocol: celery` but no `broker`: give the Celery app's broker URL, e.g. `broker: redis://127.0.0.1:6379/1`",
+            "c.yaml:9:5: `backend` only applies to `protocol: celery` queues; add `protocol: celery` to queue `native` or remove `backend`",
+            "c.yaml:10:20: unknown protocol `celry`; did you mean `celery`?",
+            "c.yaml:13:3: Celery task name `data_handle.cal` is claimed by tasks `a` and `b`; a Celery name runs one task",
+            "c.yaml:16:11: unknown task `data_handle.not_a_celeriac_task`",
+        ],
+        "{errors}"
+    );
+}
+
+#[test]
+fn schedules_on_celery_queues_name_celery_tasks() {
+    let text = r#"timezone: Asia/Shanghai
+queues:
+  celery: {protocol: celery, broker: "redis://127.0.0.1:6379/1", name: kombu_q, priority_steps: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}
+tasks:
+  cal: {builtin: echo, celery_name: [data_handle.cal, legacy.cal]}
+schedules:
+  nightly:
+    task: data_handle.cal
+    cron: "30 2 * * *"
+    args: [2, 3]
+    kwargs: {round: true}
+    queue: celery
+"#;
+    let cfg = celeriac::config::load_str(text, Path::new("c.yaml")).unwrap();
+    let s = &cfg.schedules["nightly"];
+    let q = cfg.celery_queue_of(s).expect("a celery queue");
+    assert_eq!(q.name, "kombu_q");
+    assert_eq!(q.priority_steps.len(), 10);
+    assert_eq!(q.backend, None);
+    assert_eq!(cfg.task_for_celery_name("legacy.cal").unwrap().name, "cal");
+    assert_eq!(cfg.task_for_celery_name("cal").unwrap().name, "cal");
+    assert!(cfg.task_for_celery_name("other").is_none());
+    let plan = celery::celery_publish_plan(
+        &TaskMessage::new(&s.task, &s.queue)
+            .with_args(s.args.clone())
+            .with_kwargs(s.kwargs.clone().unwrap())
+            .with_priority(6),
+        q,
+    );
+    assert_eq!(plan.list_key, "kombu_q\x06\x163");
+    let m = protocol::decode(plan.payload.as_bytes()).unwrap();
+    assert_eq!(m.task.args, vec![json!(2), json!(3)]);
+    assert_eq!(m.task.kwargs["round"], json!(true));
+}
