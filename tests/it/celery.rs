@@ -939,3 +939,63 @@ schedules:
     assert_eq!(m.task.args, vec![json!(2), json!(3)]);
     assert_eq!(m.task.kwargs["round"], json!(true));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_consumes_native_and_celery_queues_together() {
+    use celeriac::broker::{Broker, RedisBroker, RedisBrokerOptions, TaskStatus};
+    let env = Env::new();
+    let config = env.path("mixed.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "broker: {native}\nqueues:\n  default: {{}}\n  celery:\n    protocol: celery\n    \
+             broker: {broker}\n    backend: {backend}\ntasks:\n  echo: {{builtin: echo, celery_name: data_handle.echo}}\n",
+            native = env.url(0),
+            broker = env.url(1),
+            backend = env.url(2)
+        ),
+    )
+    .unwrap();
+    let native = RedisBroker::connect(&env.url(0), RedisBrokerOptions::default())
+        .await
+        .unwrap();
+    let publisher = CeleryPublisher::connect(&env.queue()).await.unwrap();
+    let mut native_ids = Vec::new();
+    let mut celery_ids = Vec::new();
+    for i in 0..20 {
+        let m = TaskMessage::new("echo", "default").with_args(json!({"i": i}));
+        native.enqueue(&m).await.unwrap();
+        native_ids.push(m.id);
+        let c = TaskMessage::new("data_handle.echo", "celery").with_args(json!([i]));
+        publisher.publish(std::slice::from_ref(&c)).await.unwrap();
+        celery_ids.push(c.id);
+    }
+    let _worker = env.celeriac_worker(&config, &["--concurrency", "2"]);
+    let mut backend = env.db(2);
+    wait_for(
+        Duration::from_secs(30),
+        || env.log("celeriac-worker.log"),
+        || {
+            celery_ids
+                .iter()
+                .all(|id| celery_result(&mut backend, id).is_some())
+        },
+    );
+    for (i, id) in celery_ids.iter().enumerate() {
+        assert_eq!(
+            celery_result(&mut backend, id).unwrap()["result"],
+            json!([i])
+        );
+    }
+    for (i, id) in native_ids.iter().enumerate() {
+        let r = native
+            .wait_result(id, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .expect("native result");
+        assert_eq!(
+            (r.status, r.value),
+            (TaskStatus::Success, Some(json!({"i": i})))
+        );
+    }
+}
