@@ -21,9 +21,9 @@
 //! - **Results** go to the Celery app's result backend in Celery's format ([`super::result`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -111,7 +111,12 @@ pub struct CeleryBroker {
     known_tasks: HashSet<String>,
     options: CeleryBrokerOptions,
     rotation: AtomicUsize,
+    /// Ids of running messages sent with `ignore_result=True`: their success is not stored.
+    ignore_result: Mutex<HashSet<String>>,
 }
+
+/// Most ids remembered for `ignore_result` (ids of results never stored are dropped beyond).
+const MAX_IGNORED_IDS: usize = 100_000;
 
 /// The brokers for the `protocol: celery` queues among `queues` (celeriac names), one per
 /// Celery app (broker and backend URL), each with the queues it serves. Queues that are not
@@ -207,6 +212,7 @@ impl CeleryBroker {
             known_tasks: config.tasks.keys().cloned().collect(),
             options,
             rotation: AtomicUsize::new(0),
+            ignore_result: Mutex::new(HashSet::new()),
         })
     }
 
@@ -301,6 +307,13 @@ impl CeleryBroker {
                         self.settle(q, "delay", &t.tag, &t.raw, t.index, due)
                             .await?;
                         continue;
+                    }
+                    if m.task.ignore_result {
+                        let mut ids = self.ignore_result.lock().expect("ignore_result poisoned");
+                        if ids.len() >= MAX_IGNORED_IDS {
+                            ids.clear();
+                        }
+                        ids.insert(m.task.id.clone());
                     }
                     let attempt = m.properties.attempt;
                     let priority = protocol::celeriac_priority(m.properties.priority);
@@ -745,6 +758,16 @@ impl Broker for CeleryBroker {
         let Some(backend) = &self.backend else {
             return Ok(());
         };
+        // `apply_async(ignore_result=True)`: like Celery, store failures but not successes.
+        let ignored = result.status.is_final()
+            && self
+                .ignore_result
+                .lock()
+                .expect("ignore_result poisoned")
+                .remove(&result.id);
+        if ignored && result.status == crate::broker::TaskStatus::Success {
+            return Ok(());
+        }
         let meta = celery_meta(result, self.known_tasks.contains(&result.task));
         let mut inv = SCRIPTS.store_result.prepare_invoke();
         inv.key(result_key("", &result.id))

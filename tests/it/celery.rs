@@ -555,6 +555,7 @@ fn python_clients_get_celeriac_results_and_priorities_are_respected() {
          out = {{}}\n\
          for i in json.load(open('order_ids.json')):\n\
          \x20   app.AsyncResult(i).get(timeout=30)\n\
+         out['ignored_id'] = app.send_task('data_handle.echo', args=(0,), ignore_result=True).id\n\
          out['positional'] = app.send_task('data_handle.cal', args=(2, 3)).get(timeout=30)\n\
          out['keyword'] = app.send_task('data_handle.cal', kwargs={{'x': 4, 'y': 5}}, priority=5).get(timeout=30)\n\
          out['echo'] = app.send_task('data_handle.echo', args=(1, 'é'), kwargs={{'k': [None]}}).get(timeout=30)\n\
@@ -582,6 +583,12 @@ fn python_clients_get_celeriac_results_and_priorities_are_respected() {
     assert_eq!(out["boom"], "it broke");
     assert_eq!(out["unknown"], "NotRegistered 'data_handle.unknown'");
     assert_eq!(out["unknown_state"], "FAILURE");
+    // Ran before `positional` (concurrency 1, same list), but its success was not stored.
+    let mut backend = env.db(2);
+    assert_eq!(
+        celery_result(&mut backend, out["ignored_id"].as_str().unwrap()),
+        None
+    );
 
     // concurrency 1: run one at a time, kombu priority 0 first, FIFO within a priority list.
     let ran: Vec<String> = env.lines("order.txt");
