@@ -1006,3 +1006,217 @@ async fn one_worker_consumes_native_and_celery_queues_together() {
         );
     }
 }
+
+// ----- CeleryBroker, through the Broker trait --------------------------------------------
+
+async fn celery_broker(env: &Env) -> std::sync::Arc<dyn celeriac::broker::Broker> {
+    let cfg_path = env.config("  echo: {builtin: echo, celery_name: data_handle.cal}\n");
+    let cfg = celeriac::config::load(&cfg_path).unwrap();
+    let mut brokers = celery::open_brokers(&cfg, &["celery".to_string()], Default::default())
+        .await
+        .unwrap();
+    assert_eq!(brokers.len(), 1);
+    brokers.remove(0).0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn celery_broker_reserves_by_priority_and_settles_every_way() {
+    use celeriac::broker::DeadSelector;
+    let env = Env::new();
+    let broker = celery_broker(&env).await;
+    let q = vec!["celery".to_string()];
+    let lease = Duration::from_secs(30);
+    let wait = Duration::from_millis(200);
+
+    // Priorities across kombu's lists: 9 first, then 5, then 0.
+    let msgs: Vec<TaskMessage> = [0u8, 5, 9]
+        .iter()
+        .map(|&p| {
+            TaskMessage::new("data_handle.cal", "celery")
+                .with_args(json!([p]))
+                .with_priority(p)
+        })
+        .collect();
+    assert_eq!(broker.enqueue_many(&msgs).await.unwrap(), 3);
+    let stats = broker.queue_stats("celery").await.unwrap();
+    assert_eq!(
+        (stats.ready[9], stats.ready[6], stats.ready[0]),
+        (1, 1, 1),
+        "{stats:?}"
+    );
+    let got = broker.reserve(&q, 10, lease, wait).await.unwrap();
+    let order: Vec<u8> = got.iter().map(|d| d.priority).collect();
+    assert_eq!(
+        order,
+        [9, 5, 0],
+        "highest first, each with its own priority"
+    );
+    let ids: Vec<&str> = got
+        .iter()
+        .map(|d| d.message().unwrap().id.as_str())
+        .collect();
+    assert_eq!(ids, [&msgs[2].id, &msgs[1].id, &msgs[0].id]);
+    assert_eq!(
+        got[0].message().unwrap().task,
+        "echo",
+        "mapped by celery_name"
+    );
+    assert_eq!(broker.queue_stats("celery").await.unwrap().active, 3);
+
+    // ack: once.
+    assert_eq!(
+        broker.ack_many(&[got[0].lease.clone()]).await.unwrap(),
+        [true]
+    );
+    assert_eq!(
+        broker.ack_many(&[got[0].lease.clone()]).await.unwrap(),
+        [false]
+    );
+    assert_eq!(
+        broker
+            .extend_lease(&[got[0].lease.clone(), got[1].lease.clone()], lease)
+            .await
+            .unwrap(),
+        [false, true]
+    );
+
+    // release: back at the front, attempt unchanged.
+    assert!(broker.release(&[got[1].lease.clone()]).await.unwrap()[0]);
+    let again = broker.reserve(&q, 1, lease, wait).await.unwrap();
+    assert_eq!(again[0].message().unwrap().id, msgs[1].id);
+    assert_eq!(again[0].attempt, 0);
+
+    // retry_later: waits in the delayed set, then comes back with attempt + 1, the reason,
+    // and Celery's retries header + 1.
+    let eta = chrono::Utc::now() + chrono::Duration::milliseconds(300);
+    assert!(
+        broker
+            .retry_later(&again[0].lease, eta, "flaky")
+            .await
+            .unwrap()
+    );
+    assert_eq!(broker.queue_stats("celery").await.unwrap().delayed, 1);
+    let retried = broker
+        .reserve(&q, 1, lease, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(retried.len(), 1);
+    assert_eq!(retried[0].message().unwrap().id, msgs[1].id);
+    assert_eq!(
+        (retried[0].attempt, retried[0].last_error.as_deref()),
+        (1, Some("flaky"))
+    );
+    let mut conn = env.db(1);
+    let stored: String = conn
+        .hget("_celeriac.celery.unacked", &retried[0].lease.id)
+        .unwrap();
+    let raw = stored.split_once('\n').unwrap().1;
+    let decoded = protocol::decode(raw.as_bytes()).unwrap();
+    assert_eq!(decoded.task.retries, 1);
+
+    // dead letter, list, requeue.
+    assert!(
+        broker
+            .dead_letter(&retried[0].lease, "gave up")
+            .await
+            .unwrap()
+    );
+    let dead = broker.dead_letters("celery", 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].id.as_str(), dead[0].reason.as_str()),
+        (msgs[1].id.as_str(), "gave up")
+    );
+    assert_eq!(
+        broker
+            .requeue_dead("celery", DeadSelector::Id(msgs[1].id.clone()))
+            .await
+            .unwrap(),
+        1
+    );
+    let back = broker.reserve(&q, 1, lease, wait).await.unwrap();
+    assert_eq!(
+        (back[0].message().unwrap().id.as_str(), back[0].attempt),
+        (msgs[1].id.as_str(), 0)
+    );
+
+    // A message with a future eta is not handed out before it.
+    let later = TaskMessage::new("data_handle.cal", "celery")
+        .with_eta(chrono::Utc::now() + chrono::Duration::milliseconds(400));
+    broker.enqueue(&later).await.unwrap();
+    assert!(
+        broker
+            .reserve(&q, 5, lease, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let due = broker
+        .reserve(&q, 5, lease, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(due[0].message().unwrap().id, later.id);
+
+    // purge removes ready and delayed messages.
+    broker.enqueue_many(&msgs).await.unwrap();
+    assert_eq!(broker.purge("celery").await.unwrap(), 3);
+    assert_eq!(broker.queue_stats("celery").await.unwrap().ready_total(), 0);
+    broker.ping().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn celery_broker_restores_expired_leases_and_blocks_until_a_message_arrives() {
+    let env = Env::new();
+    let broker = celery_broker(&env).await;
+    let q = vec!["celery".to_string()];
+    let m = TaskMessage::new("data_handle.cal", "celery");
+    broker.enqueue(&m).await.unwrap();
+    let first = broker
+        .reserve(&q, 1, Duration::from_millis(300), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    // Not extended: the lease runs out and the next reserve restores and hands it out again.
+    let second = broker
+        .reserve(&q, 1, Duration::from_secs(30), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(second[0].message().unwrap().id, m.id);
+    assert_eq!(second[0].attempt, 1);
+    assert!(
+        second[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("lease expired")
+    );
+    assert_eq!(
+        broker.ack(&first[0].lease).await.unwrap(),
+        false,
+        "the stale holder lost it"
+    );
+    assert!(broker.ack(&second[0].lease).await.unwrap());
+
+    // A reserve that waits is woken by a publish (BRPOP), not by polling.
+    let waiter = {
+        let broker = broker.clone();
+        let q = q.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let got = broker
+                .reserve(&q, 4, Duration::from_secs(30), Duration::from_secs(10))
+                .await
+                .unwrap();
+            (got, start.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let late = TaskMessage::new("data_handle.cal", "celery").with_priority(2);
+    broker.enqueue(&late).await.unwrap();
+    let (got, took) = waiter.await.unwrap();
+    assert_eq!(got[0].message().unwrap().id, late.id);
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let mut conn = env.db(1);
+    let unacked: usize = conn.hlen("_celeriac.celery.unacked").unwrap();
+    assert_eq!(unacked, 1, "the BRPOPed message was recorded as reserved");
+}
