@@ -108,6 +108,9 @@ pub struct BeatArgs {
     pub broker: BrokerArg,
     #[command(flatten)]
     pub root: RootArg,
+    /// Leader lease: a standby takes over at most this long after the leader died.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub lease_ttl: Duration,
 }
 
 #[derive(Debug, Args)]

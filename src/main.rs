@@ -15,7 +15,13 @@ use clap::Parser;
 use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac::broker::{Broker, RedisBrokerOptions, TaskMessage, TaskStatus};
+use celeriac::beat::memory_store::MemoryBeatStore;
+use celeriac::beat::redis_store::RedisBeatStore;
+use celeriac::beat::{Beat, BeatOptions, reload};
+use celeriac::broker::{
+    Broker, MemoryBroker, RedisBroker, RedisBrokerOptions, TaskMessage, TaskStatus,
+};
+use celeriac::clock::SystemClock;
 use celeriac::config::{self, ConfigErrors};
 use celeriac::schedule::{self, CronExpr, CronSchedule, IntervalSchedule, Timing};
 use celeriac::worker::{Handlers, Worker, WorkerOptions};
@@ -173,6 +179,89 @@ async fn cmd_worker(args: cli::WorkerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn cmd_run(args: cli::RunArgs) -> anyhow::Result<()> {
+    check_root("run", false, false)?;
+    let path = args.config.config.clone();
+    let cfg = Arc::new(load_config(&path)?);
+    if let Some(url) = &cfg.broker
+        && url != "memory"
+        && url != "memory://"
+    {
+        tracing::info!(
+            configured = %celeriac::broker::redact(url),
+            "`celeriac run` uses its embedded in-memory broker; the configured broker is for `beat` and `worker`"
+        );
+    }
+    let signals = celeriac::shutdown::listen()?;
+    let broker = MemoryBroker::new();
+    let store = Arc::new(MemoryBeatStore::new(broker.clone()));
+    let reloads = reload::spawn(path.clone(), signals.reload, signals.shutdown.clone());
+    let beat = Beat::new(
+        cfg.clone(),
+        store,
+        Arc::new(SystemClock),
+        BeatOptions::default(),
+    );
+    let worker = Worker::new(
+        cfg.clone(),
+        Arc::new(broker),
+        Handlers::new(),
+        WorkerOptions {
+            queues: cfg.queues.keys().cloned().collect(),
+            concurrency: args.concurrency,
+            ..WorkerOptions::default()
+        },
+    );
+    tracing::info!(
+        config = %path.display(),
+        summary = %cfg.summary(),
+        "celeriac run: beat + worker on the in-memory broker (Ctrl-C to stop)"
+    );
+    let beat_task = tokio::spawn(beat.run(signals.shutdown.clone(), reloads));
+    let worker_result = worker
+        .run(signals.shutdown.clone(), signals.force.clone())
+        .await;
+    signals.shutdown.cancel();
+    beat_task.await??;
+    worker_result.map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+async fn cmd_beat(args: cli::BeatArgs) -> anyhow::Result<()> {
+    check_root("beat", args.root.allow_root, true)?;
+    let path = args.config.config.clone();
+    let cfg = Arc::new(load_config(&path)?);
+    let url = broker_url(&args.broker, &cfg)?;
+    if url == "memory" || url == "memory://" {
+        return Err(usage(
+            "the beat needs a shared broker to elect a leader: give a Redis URL with --broker \
+             (or use `celeriac run` for beat + worker in one process)",
+        ));
+    }
+    let signals = celeriac::shutdown::listen()?;
+    let options = RedisBrokerOptions {
+        prefix: args.broker.key_prefix.clone(),
+        tls_ca_file: args.broker.tls_ca_file.clone(),
+        ..RedisBrokerOptions::default()
+    };
+    let shown = celeriac::broker::redact(&url);
+    let broker = match RedisBroker::connect(&url, options).await {
+        Ok(b) => Arc::new(b),
+        Err(e) if e.is_transient() => return Err(unavailable(format!("{e}"))),
+        Err(e) => return Err(usage(format!("{e}"))),
+    };
+    tracing::info!(broker = %shown, summary = %cfg.summary(), "connected");
+    let beat_options = BeatOptions {
+        lease_ttl: args.lease_ttl,
+        ..BeatOptions::default()
+    };
+    let store = Arc::new(RedisBeatStore::new(broker, beat_options.beat_id.clone()));
+    let reloads = reload::spawn(path, signals.reload, signals.shutdown.clone());
+    let beat = Beat::new(cfg, store, Arc::new(SystemClock), beat_options);
+    beat.run(signals.shutdown, reloads).await?;
+    Ok(())
+}
+
 async fn cmd_enqueue(args: cli::EnqueueArgs) -> anyhow::Result<()> {
     let cfg = load_config(&args.config.config)?;
     if !cfg.tasks.contains_key(&args.task) {
@@ -313,8 +402,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Check(args) => cmd_check(&args.config),
         Command::Next(args) => cmd_next(args),
-        Command::Run(_) => not_yet("run", 5),
-        Command::Beat(_) => not_yet("beat", 5),
+        Command::Run(args) => runtime()?.block_on(cmd_run(args)),
+        Command::Beat(args) => runtime()?.block_on(cmd_beat(args)),
         Command::Worker(args) => runtime()?.block_on(cmd_worker(args)),
         Command::Enqueue(args) => runtime()?.block_on(cmd_enqueue(args)),
         Command::Result(args) => runtime()?.block_on(cmd_result(args)),
