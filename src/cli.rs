@@ -56,6 +56,27 @@ pub enum Command {
     Resume(NameArgs),
     /// Why a schedule fired, was skipped or misfired (the beat journal).
     Why(NameArgs),
+    /// Workers alive, with their queues and counters (from their heartbeats).
+    Workers(OpsArgs),
+    /// List dead letters, or put them back on their queue.
+    DeadLetters(DeadLettersArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeadLettersArgs {
+    /// Queue (default: every configured queue).
+    pub queue: Option<String>,
+    #[command(flatten)]
+    pub ops: OpsArgs,
+    /// Put this dead letter (message id) back on its queue.
+    #[arg(long, conflicts_with = "all", requires = "queue")]
+    pub requeue: Option<String>,
+    /// Put every dead letter of the queue back.
+    #[arg(long, requires = "queue")]
+    pub all: bool,
+    /// How many to list per queue.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
 }
 
 #[derive(Debug, Args)]
