@@ -7,4 +7,5 @@ mod cli;
 mod config;
 mod redis_server;
 mod schedule;
+mod systemd;
 mod util;
