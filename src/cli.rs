@@ -95,8 +95,12 @@ pub struct ConfigArg {
 pub struct BrokerArg {
     /// Broker URL: redis://, rediss://, unix:// or "memory". Overrides the config's `broker`.
     /// ACL credentials go in the URL (redis://user:password@host:6379/0).
-    #[arg(long, env = "CELERIAC_BROKER")]
+    #[arg(long, env = "CELERIAC_BROKER", hide_env_values = true)]
     pub broker: Option<String>,
+    /// Read the broker URL from this file (e.g. a systemd credential: `%d/broker`), so the
+    /// password is neither on the command line nor in the environment.
+    #[arg(long, env = "CELERIAC_BROKER_FILE", conflicts_with = "broker")]
+    pub broker_file: Option<PathBuf>,
     /// PEM file of CA certificates to trust for rediss:// (default: the web PKI roots).
     #[arg(long, env = "CELERIAC_TLS_CA_FILE")]
     pub tls_ca_file: Option<PathBuf>,

@@ -92,6 +92,15 @@ fn check_root(command: &str, allow_root: bool, refuse: bool) -> anyhow::Result<(
 
 /// The broker URL: `--broker` / CELERIAC_BROKER, else the configuration's `broker`.
 fn broker_url(arg: &cli::BrokerArg, cfg: &config::Config) -> anyhow::Result<String> {
+    if let Some(path) = &arg.broker_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| usage(format!("cannot read --broker-file {}: {e}", path.display())))?;
+        let url = text.trim().to_string();
+        if url.is_empty() {
+            return Err(usage(format!("--broker-file {} is empty", path.display())));
+        }
+        return Ok(url);
+    }
     arg.broker
         .clone()
         .or_else(|| cfg.broker.clone())
