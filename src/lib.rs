@@ -24,4 +24,5 @@ pub mod notify;
 pub mod ops;
 pub mod schedule;
 pub mod shutdown;
+pub mod signing;
 pub mod worker;

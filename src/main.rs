@@ -26,6 +26,7 @@ use celeriac::broker::{
 use celeriac::clock::SystemClock;
 use celeriac::config::{self, ConfigErrors};
 use celeriac::schedule::{self, CronExpr, CronSchedule, IntervalSchedule, Timing};
+use celeriac::signing::SigningKey;
 use celeriac::worker::{Handlers, Worker, WorkerOptions};
 use cli::{Cli, Command, LogFormat, NextArgs};
 use tokio_util::sync::CancellationToken;
@@ -181,6 +182,7 @@ async fn cmd_worker(args: cli::WorkerArgs) -> anyhow::Result<()> {
         max_tasks: args.max_tasks,
         grace: args.grace,
         lease: args.lease,
+        signing: signing_key(&cfg)?,
         ..WorkerOptions::default()
     };
     let info = celeriac::ops::WorkerInfo {
@@ -319,6 +321,9 @@ async fn cmd_enqueue(args: cli::EnqueueArgs) -> anyhow::Result<()> {
     if let Some(c) = args.countdown {
         message = message.with_countdown(c);
     }
+    if let Some(key) = signing_key(&cfg)? {
+        key.sign(&mut message);
+    }
     let (broker, _) = open_broker(&args.broker, &cfg, true).await?;
     broker.enqueue(&message).await?;
     println!("{}", message.id);
@@ -381,6 +386,16 @@ async fn cmd_purge(args: cli::PurgeArgs) -> anyhow::Result<()> {
         args.queue
     );
     Ok(())
+}
+
+/// The configured signing key, read from `signing_key_file`.
+fn signing_key(cfg: &config::Config) -> anyhow::Result<Option<SigningKey>> {
+    match &cfg.signing_key_file {
+        None => Ok(None),
+        Some(path) => Ok(Some(
+            SigningKey::from_file(path).map_err(|e| usage(e.to_string()))?,
+        )),
+    }
 }
 
 /// Connects to the configured Redis for an operations command.
@@ -582,7 +597,8 @@ async fn cmd_trigger(args: cli::NameArgs) -> anyhow::Result<()> {
     let now = Utc::now();
     let now =
         now - chrono::Duration::nanoseconds(i64::from(now.timestamp_subsec_nanos() % 1_000_000));
-    let m = celeriac::ops::trigger(&broker, &store, s, now, &who()).await?;
+    let key = signing_key(&cfg)?;
+    let m = celeriac::ops::trigger(&broker, &store, s, now, &who(), key.as_ref()).await?;
     if args.ops.json {
         println!(
             "{}",

@@ -265,8 +265,12 @@ pub async fn trigger(
     cfg: &ScheduleConfig,
     now: DateTime<Utc>,
     by: &str,
+    signing: Option<&crate::signing::SigningKey>,
 ) -> Result<TaskMessage, BrokerError> {
-    let message = schedule_message(cfg, now, now);
+    let mut message = schedule_message(cfg, now, now);
+    if let Some(key) = signing {
+        key.sign(&mut message);
+    }
     broker.enqueue(&message).await?;
     let mut entry = JournalEntry::new(
         "triggered",

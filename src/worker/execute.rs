@@ -76,6 +76,11 @@ pub async fn execute(shared: &Shared, delivery: &Delivery, cancel: &Cancellation
             return rejected(None, format!("undecodable message: {}", bad.error), worker);
         }
     };
+    if let Some(key) = &shared.options.signing
+        && let Err(e) = key.verify(message)
+    {
+        return rejected(Some(message), e.to_string(), worker);
+    }
     let Some(task) = shared.config.tasks.get(&message.task) else {
         return rejected(
             Some(message),
