@@ -5,6 +5,7 @@ mod broker_contract;
 mod broker_redis;
 mod cli;
 mod config;
+mod ops;
 mod redis_server;
 mod schedule;
 mod systemd;
