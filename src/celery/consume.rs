@@ -371,6 +371,7 @@ impl CeleryBroker {
             expires: task.expires,
             attempt: properties.attempt,
             enqueued_at: Utc::now(),
+            signature: None,
             id: task.id,
         }
     }

@@ -48,7 +48,8 @@ use serde_json::{Map, Value};
 pub use self::consume::{CeleryBroker, CeleryBrokerOptions, open_brokers};
 pub use self::protocol::{CeleryMessage, CeleryTask, DecodeError, Properties};
 pub use self::publish::{
-    CeleryPublisher, PUBLISH_LUA, PublishPlan, celery_publish_plan, dedupe_key,
+    BeatRoute, CeleryPublisher, PUBLISH_LUA, PublishPlan, beat_route, celery_publish_plan,
+    dedupe_key,
 };
 
 use crate::broker::link::{Link, LinkOptions};

@@ -18,20 +18,63 @@ use crate::broker::link::Link;
 use crate::broker::{BrokerError, TaskMessage};
 use crate::config::CeleryQueue;
 
-/// A Lua chunk defining `celeriac_celery_publish(list_key, payload, dedupe_key, ttl_s)`:
-/// LPUSH `payload` onto `list_key`, unless `dedupe_key` (may be `false`) is already set;
-/// returns 1 if pushed. A script that calls it must pass both keys among its KEYS.
+/// A Lua chunk defining
+/// `celeriac_celery_publish(list_key, payload, dedupe_key, ttl_s, db, back_db)`: LPUSH
+/// `payload` onto `list_key`, unless `dedupe_key` (may be `false`) is already set; returns 1
+/// if pushed. When `db` is given (a number), the push happens in that database of the same
+/// server and the script returns to `back_db` afterwards (Redis 7 lets a script SELECT; the
+/// caller's connection is not affected): see [`beat_route`]. A script that calls it should
+/// pass both keys among its KEYS.
 pub const PUBLISH_LUA: &str = r#"
-local function celeriac_celery_publish(list_key, payload, dedupe_key, ttl_s)
-  if dedupe_key then
-    if not redis.call('SET', dedupe_key, '1', 'NX', 'EX', ttl_s) then
-      return 0
-    end
+local function celeriac_celery_publish(list_key, payload, dedupe_key, ttl_s, db, back_db)
+  if db then redis.call('SELECT', db) end
+  local pushed = 1
+  if dedupe_key and not redis.call('SET', dedupe_key, '1', 'NX', 'EX', ttl_s) then
+    pushed = 0
+  else
+    redis.call('LPUSH', list_key, payload)
   end
-  redis.call('LPUSH', list_key, payload)
-  return 1
+  if db then redis.call('SELECT', back_db) end
+  return pushed
 end
 "#;
+
+/// How a beat whose own Redis is `beat_broker` can publish to a Celery queue inside its
+/// atomic fire script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BeatRoute {
+    /// Same server and database: push directly.
+    SameDatabase,
+    /// Same server, another database: push after `SELECT db`, then `SELECT back`.
+    OtherDatabase { db: i64, back: i64 },
+    /// Another server: the fire script cannot reach it. Record the [`PublishPlan`] with the
+    /// fire (an outbox) and deliver it with [`CeleryPublisher::publish_plan`], which pushes
+    /// at most once per tick however often it is retried.
+    OtherServer,
+}
+
+/// Decides the [`BeatRoute`] of a Celery queue for a beat on `beat_broker` (same host, port
+/// or socket and user: same server).
+pub fn beat_route(beat_broker: &str, queue: &CeleryQueue) -> BeatRoute {
+    use redis::IntoConnectionInfo;
+    let (Ok(beat), Ok(celery)) = (
+        beat_broker.into_connection_info(),
+        queue.broker.as_str().into_connection_info(),
+    ) else {
+        return BeatRoute::OtherServer;
+    };
+    let same_server = beat.addr() == celery.addr()
+        && beat.redis_settings().username() == celery.redis_settings().username();
+    if !same_server {
+        return BeatRoute::OtherServer;
+    }
+    let (db, back) = (celery.redis_settings().db(), beat.redis_settings().db());
+    if db == back {
+        BeatRoute::SameDatabase
+    } else {
+        BeatRoute::OtherDatabase { db, back }
+    }
+}
 
 /// What publishing one message means in Redis terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,6 +236,28 @@ mod tests {
         assert_eq!(low.list_key, "celery\x06\x169");
         let mid = celery_publish_plan(&m.clone().with_priority(5), &queue());
         assert_eq!(mid.list_key, "celery\x06\x163");
+    }
+
+    #[test]
+    fn beat_route_tells_servers_and_databases_apart() {
+        let q = queue();
+        assert_eq!(
+            beat_route("redis://127.0.0.1:6379/0", &q),
+            BeatRoute::OtherDatabase { db: 1, back: 0 }
+        );
+        assert_eq!(
+            beat_route("redis://127.0.0.1:6379/1", &q),
+            BeatRoute::SameDatabase
+        );
+        assert_eq!(
+            beat_route("redis://127.0.0.1:6380/1", &q),
+            BeatRoute::OtherServer
+        );
+        assert_eq!(
+            beat_route("redis://10.0.0.1:6379/1", &q),
+            BeatRoute::OtherServer
+        );
+        assert_eq!(beat_route("not a url", &q), BeatRoute::OtherServer);
     }
 
     #[test]

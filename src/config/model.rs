@@ -27,6 +27,9 @@ pub struct Config {
     pub broker: Option<String>,
     /// How long task results are kept (default 1 day).
     pub result_expires: Duration,
+    /// HMAC key file: when set, enqueuers sign messages and workers refuse unsigned or badly
+    /// signed ones (relative paths are relative to the file that sets it).
+    pub signing_key_file: Option<PathBuf>,
     /// Declared queues, always including [`DEFAULT_QUEUE`].
     pub queues: BTreeMap<String, QueueConfig>,
     pub tasks: BTreeMap<String, TaskConfig>,
@@ -94,6 +97,7 @@ impl Default for Config {
             timezone: Tz::UTC,
             broker: None,
             result_expires: Config::DEFAULT_RESULT_EXPIRES,
+            signing_key_file: None,
             queues,
             tasks: BTreeMap::new(),
             schedules: BTreeMap::new(),

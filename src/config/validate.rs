@@ -65,6 +65,7 @@ const TOP_KEYS: &[&str] = &[
     "timezone",
     "broker",
     "result_expires",
+    "signing_key_file",
     "queues",
     "tasks",
     "schedules",
@@ -156,6 +157,7 @@ struct Merged<'a> {
     timezone: Option<Setting<'a>>,
     broker: Option<Setting<'a>>,
     result_expires: Option<Setting<'a>>,
+    signing_key_file: Option<Setting<'a>>,
     queues: Vec<Named<'a>>,
     tasks: Vec<Named<'a>>,
     schedules: Vec<Named<'a>>,
@@ -244,6 +246,7 @@ impl<'a> Checker<'a> {
                     "timezone" => &mut merged.timezone,
                     "broker" => &mut merged.broker,
                     "result_expires" => &mut merged.result_expires,
+                    "signing_key_file" => &mut merged.signing_key_file,
                     "queues" => {
                         self.merge_section(value, "queue", &mut merged.queues, &mut seen[0]);
                         continue;
@@ -592,6 +595,27 @@ impl<'a> Checker<'a> {
                 self.error(&setting.value.loc, "`result_expires` must be at least 1s");
             } else {
                 config.result_expires = d;
+            }
+        }
+        if let Some(setting) = merged.signing_key_file
+            && let Some(text) = self.string(setting.value, "signing_key_file")
+        {
+            if text.is_empty() {
+                self.error(&setting.value.loc, "`signing_key_file` must not be empty");
+            } else {
+                // Relative to the file that says it.
+                let path = std::path::Path::new(text);
+                let base = setting
+                    .value
+                    .loc
+                    .file
+                    .parent()
+                    .unwrap_or(std::path::Path::new("."));
+                config.signing_key_file = Some(if path.is_absolute() {
+                    path.to_path_buf()
+                } else {
+                    base.join(path)
+                });
             }
         }
         for named in &merged.queues {

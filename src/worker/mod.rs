@@ -50,6 +50,8 @@ pub struct WorkerOptions {
     pub reserve_wait: Duration,
     /// Bytes of command output kept in a result.
     pub output_limit: usize,
+    /// When set, only messages signed with this key run; others are dead-lettered.
+    pub signing: Option<crate::signing::SigningKey>,
 }
 
 impl Default for WorkerOptions {
@@ -63,6 +65,7 @@ impl Default for WorkerOptions {
             worker_id: default_worker_id(),
             reserve_wait: Duration::from_secs(1),
             output_limit: command::DEFAULT_OUTPUT_LIMIT,
+            signing: None,
         }
     }
 }

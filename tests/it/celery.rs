@@ -1219,3 +1219,50 @@ async fn celery_broker_restores_expired_leases_and_blocks_until_a_message_arrive
     let unacked: usize = conn.hlen("_celeriac.celery.unacked").unwrap();
     assert_eq!(unacked, 1, "the BRPOPed message was recorded as reserved");
 }
+
+/// What the beat's fire script can embed: a push into the Celery app's database of the same
+/// server, at most once per tick, returning to the beat's database afterwards.
+#[test]
+fn publish_lua_pushes_into_another_database_once_per_tick() {
+    let env = Env::new();
+    let q = env.queue();
+    let route = celery::beat_route(&env.url(0), &q);
+    let celery::BeatRoute::OtherDatabase { db, back } = route else {
+        panic!("{route:?}");
+    };
+    let tick = TaskMessage::new("data_handle.cal", "celery")
+        .with_args(json!([1, 2]))
+        .with_fire("s", "s@2025-01-01T00:00:00Z");
+    let plan = celery::celery_publish_plan(&tick, &q);
+    let script = redis::Script::new(&format!(
+        "{}\nlocal r = celeriac_celery_publish(KEYS[1], ARGV[1], KEYS[2], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]))\n\
+         redis.call('SET', KEYS[3], 'fired')\nreturn r",
+        celery::PUBLISH_LUA
+    ));
+    let mut beat_db = env.db(0);
+    let run = |conn: &mut redis::Connection| -> i64 {
+        script
+            .key(&plan.list_key)
+            .key(plan.dedupe_key.as_deref().unwrap())
+            .key("celeriac:fire:s")
+            .arg(&plan.payload)
+            .arg(3600)
+            .arg(db)
+            .arg(back)
+            .invoke(conn)
+            .unwrap()
+    };
+    assert_eq!(run(&mut beat_db), 1);
+    assert_eq!(run(&mut beat_db), 0, "a repeated tick is not pushed again");
+    let mut celery_db = env.db(1);
+    let list: Vec<String> = celery_db.lrange(&plan.list_key, 0, -1).unwrap();
+    assert_eq!(list, [plan.payload.clone()]);
+    let marker: Option<String> = beat_db.get("celeriac:fire:s").unwrap();
+    assert_eq!(
+        marker.as_deref(),
+        Some("fired"),
+        "the script went back to the beat's database"
+    );
+    let stray: Option<String> = celery_db.get("celeriac:fire:s").unwrap();
+    assert_eq!(stray, None);
+}

@@ -6,6 +6,8 @@ mod broker_redis;
 mod celery;
 mod cli;
 mod config;
+mod ops;
 mod redis_server;
 mod schedule;
+mod systemd;
 mod util;
