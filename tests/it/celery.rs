@@ -1256,7 +1256,7 @@ fn publish_lua_pushes_into_another_database_once_per_tick() {
     assert_eq!(run(&mut beat_db), 0, "a repeated tick is not pushed again");
     let mut celery_db = env.db(1);
     let list: Vec<String> = celery_db.lrange(&plan.list_key, 0, -1).unwrap();
-    assert_eq!(list, [plan.payload.clone()]);
+    assert_eq!(list, std::slice::from_ref(&plan.payload));
     let marker: Option<String> = beat_db.get("celeriac:fire:s").unwrap();
     assert_eq!(
         marker.as_deref(),
