@@ -4,10 +4,12 @@
 //! - **Reserve** (`lua/reserve.lua`, one script per queue): pops from kombu's priority lists,
 //!   most urgent first (as kombu's BRPOP does), and records each message in celeriac's
 //!   `unacked` hash under a fresh tag with a lease deadline in `unacked_index`, atomically.
-//!   When nothing is ready the reserver blocks in BRPOP on all the lists (its own
-//!   connection) and hands what it pops straight to the same script. Between BRPOP's reply
-//!   and that script a crash can lose the one message in flight: the same window kombu's
-//!   own consumer has between BRPOP and recording its `unacked` entry.
+//!   When nothing is ready the reserver waits without taking anything: `BLMOVE list list
+//!   RIGHT RIGHT` on each list (its own connections) blocks until the list has a message and
+//!   leaves it in place; then the script takes it. So no message is ever only in a worker's
+//!   memory. (Before Redis 6.2, without BLMOVE, it waits in BRPOP and hands what it pops to
+//!   the script: a crash in between loses that message, the window kombu's own consumer
+//!   has between BRPOP and recording its `unacked` entry.)
 //! - **Leases**: a running task's lease is extended by the worker; a lease that runs out (the
 //!   worker died) is restored to the front of its list with `celeriac_attempt + 1` and
 //!   kombu's `redelivered` flag, by the next reserve of any celeriac worker on the queue.
@@ -22,7 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -111,6 +113,8 @@ pub struct CeleryBroker {
     known_tasks: HashSet<String>,
     options: CeleryBrokerOptions,
     rotation: AtomicUsize,
+    /// The Redis has no BLMOVE: wait with BRPOP instead.
+    no_blmove: AtomicBool,
     /// Ids of running messages sent with `ignore_result=True`: their success is not stored.
     ignore_result: Mutex<HashSet<String>>,
 }
@@ -212,6 +216,7 @@ impl CeleryBroker {
             known_tasks: config.tasks.keys().cloned().collect(),
             options,
             rotation: AtomicUsize::new(0),
+            no_blmove: AtomicBool::new(false),
             ignore_result: Mutex::new(HashSet::new()),
         })
     }
@@ -407,8 +412,75 @@ impl CeleryBroker {
         Ok(out)
     }
 
-    /// Blocks in BRPOP on every list of `queues` (most urgent step first, then queue order,
-    /// as kombu does) for up to `timeout`; what it pops is reserved at once.
+    /// Waits up to `timeout` until one of the lists of `queues` has a message, without taking
+    /// it: `BLMOVE list list RIGHT RIGHT` leaves a list as it was (the tail goes back to the
+    /// tail) but blocks while it is empty. One connection per list, all at once; the first
+    /// that returns wins and the others, still blocked in Redis, are closed. Nothing is taken
+    /// here, so a worker that crashes while waiting loses nothing; the reserve script takes
+    /// the message. Returns whether something arrived.
+    async fn wait_for_message(&self, queues: &[&KombuQueue], timeout: Duration) -> Result<bool> {
+        use futures::StreamExt;
+        let lists: Vec<&String> = queues.iter().flat_map(|q| q.keys.lists()).collect();
+        let mut conns = Vec::with_capacity(lists.len());
+        for _ in &lists {
+            conns.push(self.link.blocking().await?);
+        }
+        let secs = timeout.as_secs_f64().max(0.01);
+        let mut waits: futures::stream::FuturesUnordered<_> = lists
+            .iter()
+            .zip(&conns)
+            .enumerate()
+            .map(|(i, (list, c))| {
+                let mut conn = c.conn.clone();
+                let mut cmd = redis::cmd("BLMOVE");
+                cmd.arg(*list)
+                    .arg(*list)
+                    .arg("RIGHT")
+                    .arg("RIGHT")
+                    .arg(secs);
+                async move { (i, cmd.query_async::<Option<Vec<u8>>>(&mut conn).await) }
+            })
+            .collect();
+        let limit = Instant::now() + timeout + BLOCKING_GRACE;
+        let mut done = vec![false; conns.len()];
+        let mut arrived = false;
+        let mut failure = None;
+        loop {
+            match tokio::time::timeout_at(limit, waits.next()).await {
+                Err(_) => {
+                    failure = Some(BrokerError::Timeout(timeout + BLOCKING_GRACE));
+                    break;
+                }
+                Ok(None) => break,
+                Ok(Some((i, Ok(moved)))) => {
+                    done[i] = true;
+                    if moved.is_some() {
+                        arrived = true;
+                        break;
+                    }
+                }
+                Ok(Some((i, Err(e)))) => {
+                    failure = Some(self.link.fail(conns[i].generation, e));
+                    break;
+                }
+            }
+        }
+        drop(waits);
+        // Connections whose command completed are reused; the others are still blocked.
+        for (c, finished) in conns.into_iter().zip(done) {
+            if finished {
+                self.link.put_blocking(c);
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(arrived),
+        }
+    }
+
+    /// Before Redis 6.2 (no BLMOVE): blocks in BRPOP on every list of `queues` (most urgent
+    /// step first, then queue order, as kombu does) for up to `timeout`; what it pops is
+    /// reserved at once. A crash between the two loses that message, as with kombu.
     async fn reserve_blocking(
         &self,
         queues: &[&KombuQueue],
@@ -679,9 +751,24 @@ impl Broker for CeleryBroker {
                 // Something becomes due (a retry, an expired lease) before the wait ends.
                 block = block.min(w.max(Duration::from_millis(10)));
             }
-            let popped = self.reserve_blocking(&queues, max, lease, block).await?;
-            if !popped.is_empty() {
-                return Ok(popped);
+            if self.no_blmove.load(Ordering::Relaxed) {
+                let popped = self.reserve_blocking(&queues, max, lease, block).await?;
+                if !popped.is_empty() {
+                    return Ok(popped);
+                }
+            } else {
+                match self.wait_for_message(&queues, block).await {
+                    // Something arrived (or the wait ended): look again.
+                    Ok(_) => {}
+                    Err(e) if e.to_string().contains("unknown command") => {
+                        tracing::warn!(
+                            "this Redis has no BLMOVE (before 6.2): waiting with BRPOP, which \
+                             can lose the message in flight if the worker crashes right then"
+                        );
+                        self.no_blmove.store(true, Ordering::Relaxed);
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
     }

@@ -1165,7 +1165,7 @@ async fn celery_broker_reserves_by_priority_and_settles_every_way() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn celery_broker_restores_expired_leases_and_blocks_until_a_message_arrives() {
+async fn celery_broker_restores_expired_leases_and_waits_for_messages_without_taking_them() {
     let env = Env::new();
     let broker = celery_broker(&env).await;
     let q = vec!["celery".to_string()];
@@ -1217,7 +1217,32 @@ async fn celery_broker_restores_expired_leases_and_blocks_until_a_message_arrive
     assert!(took < Duration::from_secs(2), "{took:?}");
     let mut conn = env.db(1);
     let unacked: usize = conn.hlen("_celeriac.celery.unacked").unwrap();
-    assert_eq!(unacked, 1, "the BRPOPed message was recorded as reserved");
+    assert_eq!(unacked, 1, "the message it woke for was reserved");
+
+    // A waiting reserve takes nothing while it waits: a waiter that goes away (a worker
+    // killed while idle) loses no message published meanwhile.
+    let waiter = {
+        let broker = broker.clone();
+        let q = q.clone();
+        tokio::spawn(async move {
+            broker
+                .reserve(&q, 4, Duration::from_secs(30), Duration::from_secs(10))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    waiter.abort();
+    let _ = waiter.await;
+    let kept = TaskMessage::new("data_handle.cal", "celery").with_priority(9);
+    broker.enqueue(&kept).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waiting: usize = conn.llen("celery").unwrap();
+    assert_eq!(waiting, 1, "still in kombu's list");
+    let got = broker
+        .reserve(&q, 4, Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(got[0].message().unwrap().id, kept.id);
 }
 
 /// What the beat's fire script can embed: a push into the Celery app's database of the same
