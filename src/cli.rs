@@ -56,6 +56,48 @@ pub enum Command {
     Resume(NameArgs),
     /// Why a schedule fired, was skipped or misfired (the beat journal).
     Why(NameArgs),
+    /// Workers alive, with their queues and counters (from their heartbeats).
+    Workers(OpsArgs),
+    /// List dead letters, or put them back on their queue.
+    DeadLetters(DeadLettersArgs),
+    /// Convert a JSON dump of a Celery `beat_schedule` into celeriac YAML
+    /// (see docs/migrating-from-celery.md for the Python snippet that writes the dump).
+    ImportCelery(ImportCeleryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportCeleryArgs {
+    /// The JSON dump of the beat_schedule.
+    pub dump: PathBuf,
+    /// Write the YAML here instead of standard output.
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<PathBuf>,
+    /// The `protocol: celery` queue the schedules send to when they name none.
+    #[arg(long, default_value = "celery")]
+    pub queue: String,
+    /// The Celery app's broker URL (default: the dump's `broker_url`, else redis://127.0.0.1:6379/0).
+    #[arg(long)]
+    pub celery_broker: Option<String>,
+    /// The Celery app's result backend URL (default: the dump's `result_backend`).
+    #[arg(long)]
+    pub celery_backend: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeadLettersArgs {
+    /// Queue (default: every configured queue).
+    pub queue: Option<String>,
+    #[command(flatten)]
+    pub ops: OpsArgs,
+    /// Put this dead letter (message id) back on its queue.
+    #[arg(long, conflicts_with = "all", requires = "queue")]
+    pub requeue: Option<String>,
+    /// Put every dead letter of the queue back.
+    #[arg(long, requires = "queue")]
+    pub all: bool,
+    /// How many to list per queue.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
 }
 
 #[derive(Debug, Args)]
@@ -74,8 +116,12 @@ pub struct ConfigArg {
 pub struct BrokerArg {
     /// Broker URL: redis://, rediss://, unix:// or "memory". Overrides the config's `broker`.
     /// ACL credentials go in the URL (redis://user:password@host:6379/0).
-    #[arg(long, env = "CELERIAC_BROKER")]
+    #[arg(long, env = "CELERIAC_BROKER", hide_env_values = true)]
     pub broker: Option<String>,
+    /// Read the broker URL from this file (e.g. a systemd credential: `%d/broker`), so the
+    /// password is neither on the command line nor in the environment.
+    #[arg(long, env = "CELERIAC_BROKER_FILE", conflicts_with = "broker")]
+    pub broker_file: Option<PathBuf>,
     /// PEM file of CA certificates to trust for rediss:// (default: the web PKI roots).
     #[arg(long, env = "CELERIAC_TLS_CA_FILE")]
     pub tls_ca_file: Option<PathBuf>,
@@ -108,6 +154,9 @@ pub struct BeatArgs {
     pub broker: BrokerArg,
     #[command(flatten)]
     pub root: RootArg,
+    /// Leader lease: a standby takes over at most this long after the leader died.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub lease_ttl: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -169,13 +218,15 @@ pub struct NextArgs {
 
 #[derive(Debug, Args)]
 pub struct EnqueueArgs {
-    /// Task name, as declared under `tasks:`.
+    /// Task name, as declared under `tasks:` (on a `protocol: celery` queue: a Celery task
+    /// name such as data_handle.cal, run by Celery workers).
     pub task: String,
     #[command(flatten)]
     pub config: ConfigArg,
     #[command(flatten)]
     pub broker: BrokerArg,
-    /// Task arguments as JSON (an object for templated commands).
+    /// Task arguments as JSON (an object for templated commands; on a `protocol: celery`
+    /// queue a list is Celery's positional args, an object its kwargs).
     #[arg(long, default_value = "{}")]
     pub args: String,
     /// Queue to enqueue on.

@@ -7,6 +7,8 @@
 //! - [`config`]: the YAML model, with validation errors that carry `file:line:col`.
 //! - [`broker`]: named priority queues with leases, dead letters and results, on Redis or in
 //!   memory, behind one [`broker::Broker`] trait.
+//! - [`celery`]: Celery interoperability: `protocol: celery` queues (kombu's Redis lists),
+//!   Celery task protocol v2, Celery's Redis result format, `import-celery`.
 //! - [`clock`]: the [`clock::Clock`] trait; a system clock and a manual clock for tests.
 //! - [`shutdown`]: turns process signals into a cancellation token and reload events; the
 //!   only module that touches signals.
@@ -17,8 +19,13 @@
 
 pub mod beat;
 pub mod broker;
+pub mod celery;
 pub mod clock;
 pub mod config;
+pub mod metrics;
+pub mod notify;
+pub mod ops;
 pub mod schedule;
 pub mod shutdown;
+pub mod signing;
 pub mod worker;

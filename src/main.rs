@@ -15,11 +15,21 @@ use clap::Parser;
 use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac::broker::{Broker, RedisBrokerOptions, TaskMessage, TaskStatus};
+use celeriac::beat::memory_store::MemoryBeatStore;
+use celeriac::beat::redis_store::RedisBeatStore;
+use celeriac::beat::{Beat, BeatOptions, reload};
+use std::collections::BTreeMap;
+
+use celeriac::broker::{
+    Broker, DeadSelector, MemoryBroker, RedisBroker, RedisBrokerOptions, TaskMessage, TaskStatus,
+};
+use celeriac::clock::SystemClock;
 use celeriac::config::{self, ConfigErrors};
 use celeriac::schedule::{self, CronExpr, CronSchedule, IntervalSchedule, Timing};
+use celeriac::signing::SigningKey;
 use celeriac::worker::{Handlers, Worker, WorkerOptions};
 use cli::{Cli, Command, LogFormat, NextArgs};
+use tokio_util::sync::CancellationToken;
 
 /// Exit codes (sysexits.h where one fits).
 const EXIT_USAGE: u8 = 2;
@@ -92,6 +102,15 @@ fn check_root(command: &str, allow_root: bool, refuse: bool) -> anyhow::Result<(
 
 /// The broker URL: `--broker` / CELERIAC_BROKER, else the configuration's `broker`.
 fn broker_url(arg: &cli::BrokerArg, cfg: &config::Config) -> anyhow::Result<String> {
+    if let Some(path) = &arg.broker_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| usage(format!("cannot read --broker-file {}: {e}", path.display())))?;
+        let url = text.trim().to_string();
+        if url.is_empty() {
+            return Err(usage(format!("--broker-file {} is empty", path.display())));
+        }
+        return Ok(url);
+    }
     arg.broker
         .clone()
         .or_else(|| cfg.broker.clone())
@@ -164,27 +183,187 @@ async fn cmd_worker(args: cli::WorkerArgs) -> anyhow::Result<()> {
         }
     }
     let signals = celeriac::shutdown::listen()?;
-    let (broker, shown) = open_broker(&args.broker, &cfg, true).await?;
-    tracing::info!(broker = %shown, "connected");
+    // `protocol: celery` queues are consumed through their Celery app's Redis, the others
+    // through the celeriac broker (only needed when there are any).
+    let (celery_queues, native): (Vec<String>, Vec<String>) = queues
+        .into_iter()
+        .partition(|q| cfg.queues.get(q).is_some_and(|c| c.is_celery()));
+    let mut native = native;
+    if args.queues.is_empty()
+        && !celery_queues.is_empty()
+        && broker_url(&args.broker, &cfg).is_err()
+    {
+        // Nothing named on the command line and no celeriac broker: a Celery-only setup.
+        tracing::info!(
+            "no celeriac broker configured: consuming only the `protocol: celery` queues"
+        );
+        native.clear();
+    }
+    let native_broker = if native.is_empty() {
+        None
+    } else {
+        let broker = open_redis(&args.broker, &cfg).await?;
+        tracing::info!(broker = %broker.url(), "connected");
+        Some(broker)
+    };
+    let mut sources: Vec<(Arc<dyn Broker>, Vec<String>)> = Vec::new();
+    if let Some(b) = &native_broker {
+        sources.push((b.clone(), native));
+    }
+    sources.extend(open_celery(&cfg, &celery_queues).await?);
+    if !celery_queues.is_empty() && signing_key(&cfg)?.is_some() {
+        tracing::warn!(
+            queues = %celery_queues.join(","),
+            "message signing does not cover `protocol: celery` queues: Celery clients cannot sign"
+        );
+    }
+    let all_queues: Vec<String> = sources.iter().flat_map(|(_, q)| q.clone()).collect();
+    let mut sources = sources.into_iter();
+    let (broker, queues) = sources.next().expect("at least one queue is consumed");
     let options = WorkerOptions {
-        queues,
+        queues: queues.clone(),
         concurrency: args.concurrency,
         max_tasks: args.max_tasks,
         grace: args.grace,
         lease: args.lease,
+        signing: signing_key(&cfg)?,
         ..WorkerOptions::default()
     };
-    let worker = Worker::new(cfg, broker, Handlers::new(), options);
-    worker
-        .run(signals.shutdown, signals.force)
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
+    let info = celeriac::ops::WorkerInfo {
+        id: options.worker_id.clone(),
+        queues: all_queues,
+        concurrency: options.concurrency,
+        started_at: Utc::now(),
+        seen_at: Utc::now(),
+        started: 0,
+        succeeded: 0,
+        failed: 0,
+        retried: 0,
+        dead_lettered: 0,
+    };
+    let mut worker = Worker::new(cfg, broker, Handlers::new(), options);
+    for (broker, queues) in sources {
+        worker = worker.add_source(broker, queues);
+    }
+    // Heartbeats go to the celeriac broker (a Celery-only worker has none to report to).
+    let beat_stop = CancellationToken::new();
+    let heartbeat = native_broker.map(|broker| {
+        tokio::spawn(celeriac::ops::heartbeat(
+            broker,
+            info,
+            worker.counters(),
+            beat_stop.clone(),
+        ))
+    });
+    let result = worker.run(signals.shutdown, signals.force).await;
+    beat_stop.cancel();
+    if let Some(h) = heartbeat {
+        let _ = h.await;
+    }
+    result.map_err(|e| anyhow!("{e}"))?;
     Ok(())
+}
+
+async fn cmd_run(args: cli::RunArgs) -> anyhow::Result<()> {
+    check_root("run", false, false)?;
+    let path = args.config.config.clone();
+    let cfg = Arc::new(load_config(&path)?);
+    if let Some(url) = &cfg.broker
+        && url != "memory"
+        && url != "memory://"
+    {
+        tracing::info!(
+            configured = %celeriac::broker::redact(url),
+            "`celeriac run` uses its embedded in-memory broker; the configured broker is for `beat` and `worker`"
+        );
+    }
+    let signals = celeriac::shutdown::listen()?;
+    let broker = MemoryBroker::new();
+    let store = Arc::new(MemoryBeatStore::new(broker.clone()));
+    let reloads = reload::spawn(path.clone(), signals.reload, signals.shutdown.clone());
+    let beat = Beat::new(
+        cfg.clone(),
+        store,
+        Arc::new(SystemClock),
+        BeatOptions::default(),
+    );
+    let worker = Worker::new(
+        cfg.clone(),
+        Arc::new(broker),
+        Handlers::new(),
+        WorkerOptions {
+            queues: cfg.queues.keys().cloned().collect(),
+            concurrency: args.concurrency,
+            ..WorkerOptions::default()
+        },
+    );
+    tracing::info!(
+        config = %path.display(),
+        summary = %cfg.summary(),
+        "celeriac run: beat + worker on the in-memory broker (Ctrl-C to stop)"
+    );
+    let beat_task = tokio::spawn(beat.run(signals.shutdown.clone(), reloads));
+    let worker_result = worker
+        .run(signals.shutdown.clone(), signals.force.clone())
+        .await;
+    signals.shutdown.cancel();
+    beat_task.await??;
+    worker_result.map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+async fn cmd_beat(args: cli::BeatArgs) -> anyhow::Result<()> {
+    check_root("beat", args.root.allow_root, true)?;
+    let path = args.config.config.clone();
+    let cfg = Arc::new(load_config(&path)?);
+    let url = broker_url(&args.broker, &cfg)?;
+    if url == "memory" || url == "memory://" {
+        return Err(usage(
+            "the beat needs a shared broker to elect a leader: give a Redis URL with --broker \
+             (or use `celeriac run` for beat + worker in one process)",
+        ));
+    }
+    let signals = celeriac::shutdown::listen()?;
+    let options = RedisBrokerOptions {
+        prefix: args.broker.key_prefix.clone(),
+        tls_ca_file: args.broker.tls_ca_file.clone(),
+        ..RedisBrokerOptions::default()
+    };
+    let shown = celeriac::broker::redact(&url);
+    let broker = match RedisBroker::connect(&url, options).await {
+        Ok(b) => Arc::new(b),
+        Err(e) if e.is_transient() => return Err(unavailable(format!("{e}"))),
+        Err(e) => return Err(usage(format!("{e}"))),
+    };
+    tracing::info!(broker = %shown, summary = %cfg.summary(), "connected");
+    let beat_options = BeatOptions {
+        lease_ttl: args.lease_ttl,
+        ..BeatOptions::default()
+    };
+    let store = Arc::new(RedisBeatStore::new(broker, beat_options.beat_id.clone()));
+    let reloads = reload::spawn(path, signals.reload, signals.shutdown.clone());
+    let beat = Beat::new(cfg, store, Arc::new(SystemClock), beat_options);
+    beat.run(signals.shutdown, reloads).await?;
+    Ok(())
+}
+
+/// Brokers for `protocol: celery` queues (one per Celery app); unreachable at start exits 69.
+async fn open_celery(
+    cfg: &config::Config,
+    queues: &[String],
+) -> anyhow::Result<Vec<(Arc<dyn Broker>, Vec<String>)>> {
+    match celeriac::celery::open_brokers(cfg, queues, Default::default()).await {
+        Ok(b) => Ok(b),
+        Err(e) if e.is_transient() => Err(unavailable(format!("Celery broker: {e}"))),
+        Err(e) => Err(usage(format!("Celery broker: {e}"))),
+    }
 }
 
 async fn cmd_enqueue(args: cli::EnqueueArgs) -> anyhow::Result<()> {
     let cfg = load_config(&args.config.config)?;
-    if !cfg.tasks.contains_key(&args.task) {
+    // On a `protocol: celery` queue the task is a Celery task name, run by Celery workers.
+    let to_celery = cfg.queues.get(&args.queue).is_some_and(|q| q.is_celery());
+    if !to_celery && !cfg.tasks.contains_key(&args.task) {
         return Err(usage(format!(
             "unknown task `{}` (declared: {})",
             args.task,
@@ -208,7 +387,17 @@ async fn cmd_enqueue(args: cli::EnqueueArgs) -> anyhow::Result<()> {
     if let Some(c) = args.countdown {
         message = message.with_countdown(c);
     }
-    let (broker, _) = open_broker(&args.broker, &cfg, true).await?;
+    if let Some(key) = signing_key(&cfg)?
+        && !to_celery
+    {
+        key.sign(&mut message);
+    }
+    let broker = if to_celery {
+        let mut brokers = open_celery(&cfg, std::slice::from_ref(&args.queue)).await?;
+        brokers.remove(0).0
+    } else {
+        open_broker(&args.broker, &cfg, true).await?.0
+    };
     broker.enqueue(&message).await?;
     println!("{}", message.id);
     if !args.wait {
@@ -262,13 +451,366 @@ async fn cmd_result(args: cli::ResultArgs) -> anyhow::Result<()> {
 
 async fn cmd_purge(args: cli::PurgeArgs) -> anyhow::Result<()> {
     let cfg = load_config(&args.config.config)?;
-    let (broker, _) = open_broker(&args.broker, &cfg, true).await?;
+    let broker = if cfg.queues.get(&args.queue).is_some_and(|q| q.is_celery()) {
+        open_celery(&cfg, std::slice::from_ref(&args.queue))
+            .await?
+            .remove(0)
+            .0
+    } else {
+        open_broker(&args.broker, &cfg, true).await?.0
+    };
     let n = broker.purge(&args.queue).await?;
     println!(
         "purged {n} message{} from `{}`",
         if n == 1 { "" } else { "s" },
         args.queue
     );
+    Ok(())
+}
+
+/// The configured signing key, read from `signing_key_file`.
+fn signing_key(cfg: &config::Config) -> anyhow::Result<Option<SigningKey>> {
+    match &cfg.signing_key_file {
+        None => Ok(None),
+        Some(path) => Ok(Some(
+            SigningKey::from_file(path).map_err(|e| usage(e.to_string()))?,
+        )),
+    }
+}
+
+/// Connects to the configured Redis for an operations command.
+async fn ops_connect(
+    args: &cli::OpsArgs,
+) -> anyhow::Result<(config::Config, Arc<RedisBroker>, RedisBeatStore)> {
+    let cfg = load_config(&args.config.config)?;
+    let broker = open_redis(&args.broker, &cfg).await?;
+    let store = RedisBeatStore::new(broker.clone(), who());
+    Ok((cfg, broker, store))
+}
+
+/// Opens the Redis broker (not `memory`), exiting 69 when it cannot be reached.
+async fn open_redis(
+    arg: &cli::BrokerArg,
+    cfg: &config::Config,
+) -> anyhow::Result<Arc<RedisBroker>> {
+    let url = broker_url(arg, cfg)?;
+    if url == "memory" || url == "memory://" {
+        return Err(usage(
+            "this command talks to a shared broker: give a Redis URL with --broker \
+             (the `memory` broker lives inside one `celeriac run` process)",
+        ));
+    }
+    let options = RedisBrokerOptions {
+        prefix: arg.key_prefix.clone(),
+        tls_ca_file: arg.tls_ca_file.clone(),
+        ..RedisBrokerOptions::default()
+    };
+    match RedisBroker::connect(&url, options).await {
+        Ok(b) => Ok(Arc::new(b)),
+        Err(e) if e.is_transient() => Err(unavailable(format!("{e}"))),
+        Err(e) => Err(usage(format!("{e}"))),
+    }
+}
+
+/// Who runs an operations command, for the journal: `user@host`.
+fn who() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        // SAFETY: getuid has no preconditions and cannot fail.
+        .unwrap_or_else(|_| format!("uid{}", unsafe { libc::getuid() }));
+    format!("{user}@{}", celeriac::worker::default_worker_id())
+}
+
+fn fmt_time(t: Option<DateTime<Utc>>, tz: Tz) -> String {
+    t.map(|t| format_instant(t, tz))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                if i + 1 == r.len() {
+                    s.clone()
+                } else {
+                    format!("{s:w$}", w = widths[i])
+                }
+            })
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+async fn cmd_status(args: cli::OpsArgs) -> anyhow::Result<()> {
+    let (cfg, broker, store) = ops_connect(&args).await?;
+    let report = celeriac::ops::status(&broker, &store, &cfg, Utc::now()).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    match &report.leader {
+        Some(l) => println!(
+            "beat: leader {} (epoch {}, lease {} ms left)",
+            l.beat, l.epoch, l.lease_left_ms
+        ),
+        None => println!("beat: NO LEADER (no beat running, or failover in progress)"),
+    }
+    println!();
+    let mut rows = vec![vec![
+        "SCHEDULE".to_string(),
+        "TIMING".into(),
+        "ZONE".into(),
+        "STATE".into(),
+        "LAST FIRED".into(),
+        "NEXT".into(),
+    ]];
+    for s in &report.schedules {
+        let tz: Tz = s.timezone.parse().unwrap_or(Tz::UTC);
+        let state = if !s.enabled {
+            "disabled"
+        } else if s.paused {
+            "paused"
+        } else {
+            "active"
+        };
+        rows.push(vec![
+            s.name.clone(),
+            s.timing.clone(),
+            s.timezone.clone(),
+            state.into(),
+            fmt_time(s.last_fired, tz),
+            fmt_time(s.next, tz),
+        ]);
+    }
+    print_table(&rows);
+    println!();
+    let mut rows = vec![vec![
+        "QUEUE".to_string(),
+        "READY".into(),
+        "BY PRIORITY (9..0)".into(),
+        "DELAYED".into(),
+        "ACTIVE".into(),
+        "DEAD".into(),
+    ]];
+    for q in &report.queues {
+        let by: Vec<String> = q.ready.iter().rev().map(|n| n.to_string()).collect();
+        rows.push(vec![
+            q.name.clone(),
+            q.ready.iter().sum::<u64>().to_string(),
+            by.join(" "),
+            q.delayed.to_string(),
+            q.active.to_string(),
+            q.dead.to_string(),
+        ]);
+    }
+    print_table(&rows);
+    println!();
+    print_workers(&report.workers);
+    Ok(())
+}
+
+fn print_workers(workers: &[celeriac::ops::WorkerInfo]) {
+    if workers.is_empty() {
+        println!("workers: none alive");
+        return;
+    }
+    let mut rows = vec![vec![
+        "WORKER".to_string(),
+        "QUEUES".into(),
+        "CONCURRENCY".into(),
+        "STARTED".into(),
+        "SUCCEEDED".into(),
+        "FAILED".into(),
+        "LAST SEEN".into(),
+    ]];
+    for w in workers {
+        rows.push(vec![
+            w.id.clone(),
+            w.queues.join(","),
+            w.concurrency.to_string(),
+            w.started.to_string(),
+            w.succeeded.to_string(),
+            w.failed.to_string(),
+            format!("{}s ago", (Utc::now() - w.seen_at).num_seconds().max(0)),
+        ]);
+    }
+    print_table(&rows);
+}
+
+async fn cmd_workers(args: cli::OpsArgs) -> anyhow::Result<()> {
+    let (_, broker, _) = ops_connect(&args).await?;
+    let workers = celeriac::ops::workers(&broker).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&workers)?);
+    } else {
+        print_workers(&workers);
+    }
+    Ok(())
+}
+
+fn schedule_named<'a>(
+    cfg: &'a config::Config,
+    name: &str,
+) -> anyhow::Result<&'a config::ScheduleConfig> {
+    cfg.schedules.get(name).ok_or_else(|| {
+        usage(format!(
+            "no schedule named `{name}` (known: {})",
+            cfg.schedules.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))
+    })
+}
+
+async fn cmd_trigger(args: cli::NameArgs) -> anyhow::Result<()> {
+    let (cfg, broker, store) = ops_connect(&args.ops).await?;
+    let s = schedule_named(&cfg, &args.name)?;
+    let now = Utc::now();
+    let now =
+        now - chrono::Duration::nanoseconds(i64::from(now.timestamp_subsec_nanos() % 1_000_000));
+    let key = signing_key(&cfg)?;
+    let m = celeriac::ops::trigger(&broker, &store, s, now, &who(), key.as_ref()).await?;
+    if args.ops.json {
+        println!(
+            "{}",
+            serde_json::json!({"id": m.id, "fire_id": m.fire_id, "queue": m.queue})
+        );
+    } else {
+        println!("triggered {}: message {} on {}", args.name, m.id, m.queue);
+    }
+    Ok(())
+}
+
+async fn cmd_pause(args: cli::NameArgs, paused: bool) -> anyhow::Result<()> {
+    let (cfg, _, store) = ops_connect(&args.ops).await?;
+    schedule_named(&cfg, &args.name)?;
+    celeriac::ops::set_paused(&store, &args.name, paused, &who()).await?;
+    let what = if paused { "paused" } else { "resumed" };
+    if args.ops.json {
+        println!(
+            "{}",
+            serde_json::json!({"schedule": args.name, "state": what})
+        );
+    } else {
+        println!("{what} {}", args.name);
+    }
+    Ok(())
+}
+
+async fn cmd_why(args: cli::NameArgs) -> anyhow::Result<()> {
+    let (cfg, broker, store) = ops_connect(&args.ops).await?;
+    schedule_named(&cfg, &args.name)?;
+    let report = celeriac::ops::why(&broker, &store, &cfg, &args.name, Utc::now(), 20)
+        .await?
+        .expect("schedule exists");
+    if args.ops.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let s = &report.schedule;
+    let tz: Tz = s.timezone.parse().unwrap_or(Tz::UTC);
+    println!(
+        "{}: {} in {}, task {} on queue {}",
+        s.name, s.timing, s.timezone, s.task, s.queue
+    );
+    let state = if !s.enabled {
+        "disabled in the configuration"
+    } else if s.paused {
+        "PAUSED (celeriac resume to undo)"
+    } else {
+        "active"
+    };
+    println!("state:      {state}");
+    println!("last fired: {}", fmt_time(s.last_fired, tz));
+    if let Some(id) = &s.last_message {
+        let result = report
+            .last_result
+            .map(|r| format!("{r:?}").to_lowercase())
+            .unwrap_or_else(|| "no result stored (still queued or running, or expired)".into());
+        println!("last run:   message {id}: {result}");
+    }
+    println!("next:       {}", fmt_time(s.next, tz));
+    println!();
+    if report.journal.is_empty() {
+        println!("journal: nothing recorded for this schedule");
+    } else {
+        println!("journal (newest first):");
+        for e in &report.journal {
+            let nominal = e.nominal.map(|n| format_instant(n, tz)).unwrap_or_default();
+            println!(
+                "  {}  {:<16} {nominal}  {}",
+                format_instant(e.at, tz),
+                e.event,
+                e.detail
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn cmd_dead_letters(args: cli::DeadLettersArgs) -> anyhow::Result<()> {
+    let (cfg, broker, _) = ops_connect(&args.ops).await?;
+    if let Some(q) = &args.queue
+        && (args.all || args.requeue.is_some())
+    {
+        let which = match &args.requeue {
+            Some(id) => DeadSelector::Id(id.clone()),
+            None => DeadSelector::All,
+        };
+        let n = broker.requeue_dead(q, which).await?;
+        println!(
+            "requeued {n} dead letter{} on `{q}`",
+            if n == 1 { "" } else { "s" }
+        );
+        return Ok(());
+    }
+    let queues: Vec<String> = match &args.queue {
+        Some(q) => vec![q.clone()],
+        None => cfg.queues.keys().cloned().collect(),
+    };
+    let all = celeriac::ops::dead_letters(&broker, &queues, args.limit).await?;
+    if args.ops.json {
+        let v: BTreeMap<&String, Vec<serde_json::Value>> =
+            all.iter()
+                .map(|(q, list)| {
+                    (q, list.iter().map(|d| serde_json::json!({
+                    "id": d.id, "reason": d.reason, "at": d.at, "attempt": d.attempt,
+                    "priority": d.priority, "body": d.body,
+                })).collect())
+                })
+                .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    for (q, list) in &all {
+        println!(
+            "{q}: {} dead letter{}",
+            list.len(),
+            if list.len() == 1 { "" } else { "s" }
+        );
+        for d in list {
+            let task = d
+                .message()
+                .map(|m| m.task)
+                .unwrap_or_else(|| "(undecodable)".into());
+            println!(
+                "  {}  {}  {task}  attempt {}  {}",
+                d.at.to_rfc3339(),
+                d.id,
+                d.attempt,
+                d.reason
+            );
+        }
+    }
     Ok(())
 }
 
@@ -322,24 +864,43 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Check(args) => cmd_check(&args.config),
         Command::Next(args) => cmd_next(args),
-        Command::Run(_) => not_yet("run", 5),
-        Command::Beat(_) => not_yet("beat", 5),
+        Command::Run(args) => runtime()?.block_on(cmd_run(args)),
+        Command::Beat(args) => runtime()?.block_on(cmd_beat(args)),
         Command::Worker(args) => worker_runtime()?.block_on(cmd_worker(args)),
         Command::Enqueue(args) => runtime()?.block_on(cmd_enqueue(args)),
         Command::Result(args) => runtime()?.block_on(cmd_result(args)),
         Command::Purge(args) => runtime()?.block_on(cmd_purge(args)),
-        Command::Status(_) => not_yet("status", 6),
-        Command::Trigger(_) => not_yet("trigger", 6),
-        Command::Pause(_) => not_yet("pause", 6),
-        Command::Resume(_) => not_yet("resume", 6),
-        Command::Why(_) => not_yet("why", 6),
+        Command::Status(args) => runtime()?.block_on(cmd_status(args)),
+        Command::Trigger(args) => runtime()?.block_on(cmd_trigger(args)),
+        Command::Pause(args) => runtime()?.block_on(cmd_pause(args, true)),
+        Command::Resume(args) => runtime()?.block_on(cmd_pause(args, false)),
+        Command::Why(args) => runtime()?.block_on(cmd_why(args)),
+        Command::Workers(args) => runtime()?.block_on(cmd_workers(args)),
+        Command::DeadLetters(args) => runtime()?.block_on(cmd_dead_letters(args)),
+        Command::ImportCelery(args) => cmd_import_celery(args),
     }
 }
 
-fn not_yet(what: &str, issue: u32) -> anyhow::Result<()> {
-    Err(anyhow!(
-        "`celeriac {what}` is not implemented yet (tracked in issue {issue})"
-    ))
+/// `import-celery`: a JSON dump of a Celery `beat_schedule` to celeriac YAML.
+fn cmd_import_celery(args: cli::ImportCeleryArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.dump)
+        .map_err(|e| usage(format!("cannot read {}: {e}", args.dump.display())))?;
+    let options = celeriac::celery::import::ImportOptions {
+        queue: args.queue.clone(),
+        broker: args.celery_broker.clone(),
+        backend: args.celery_backend.clone(),
+    };
+    let yaml = celeriac::celery::import::beat_schedule_to_yaml(&text, &options)
+        .map_err(|e| usage(format!("{}: {e}", args.dump.display())))?;
+    match &args.output {
+        Some(path) => {
+            std::fs::write(path, &yaml)
+                .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => print!("{yaml}"),
+    }
+    Ok(())
 }
 
 fn load_config(path: &std::path::Path) -> anyhow::Result<config::Config> {

@@ -1,4 +1,711 @@
 //! The beat: keeps every schedule's next tick, and when one comes, fires it exactly once.
+//!
+//! - [`agenda`]: heap of next nominal ticks; a wave pops what is due and re-arms each schedule
+//!   from its nominal instant (no drift).
+//! - [`misfire`]: what to do with ticks that could not fire on time.
+//! - [`store`]: the shared state (leader lease, atomic fire, last-fired record, journal), on
+//!   Redis ([`redis_store`]) or in memory ([`memory_store`], `celeriac run`).
+//! - [`reload`]: watching the configuration and turning changes into validated configs.
+//!
+//! The loop: hold or seek the leader lease; while leading (and only while the lease is surely
+//! still ours by the local monotonic clock), fire due ticks in batches; on becoming leader,
+//! catch up missed ticks per schedule policy; apply reloads as a diff by schedule name.
 
 pub mod agenda;
+pub mod memory_store;
 pub mod misfire;
+pub mod redis_store;
+pub mod reload;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use self::agenda::Agenda;
+use self::misfire::{CatchUp, Policy};
+use self::store::{BeatStore, Claim, Fire, FireOutcome, JournalEntry, LeaderToken, fire_id};
+use crate::broker::{BrokerError, TaskMessage};
+use crate::clock::Clock;
+use crate::config::{self, Config, Expires, Overlap, ScheduleConfig};
+use crate::schedule::Timing;
+
+/// How a beat runs.
+#[derive(Debug, Clone)]
+pub struct BeatOptions {
+    /// Leader lease ttl; renewed every third of it.
+    pub lease_ttl: Duration,
+    /// Identifies this beat in the lease and the journal (default `host/pid/random`).
+    pub beat_id: String,
+    /// Most ticks popped from the agenda per wave (the rest follow immediately).
+    pub wave_limit: usize,
+}
+
+impl Default for BeatOptions {
+    fn default() -> Self {
+        BeatOptions {
+            lease_ttl: Duration::from_secs(10),
+            beat_id: default_beat_id(),
+            wave_limit: 100_000,
+        }
+    }
+}
+
+/// `host/pid/random`: unique per beat process.
+pub fn default_beat_id() -> String {
+    format!(
+        "{}/{:08x}",
+        crate::worker::default_worker_id(),
+        rand::random::<u32>()
+    )
+}
+
+/// What the beat is doing, for status lines (sd_notify STATUS=) and tests.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BeatStatus {
+    pub leader: bool,
+    pub epoch: u64,
+    pub schedules: usize,
+    pub fired: u64,
+    pub skipped: u64,
+    pub misfired: u64,
+    pub last_fire: Option<(String, DateTime<Utc>)>,
+    pub reloads: u64,
+}
+
+impl BeatStatus {
+    /// One line: `leader (epoch 3), 12 schedules, 340 fired, last nightly@...`.
+    pub fn summary(&self) -> String {
+        let role = if self.leader {
+            format!("leader (epoch {})", self.epoch)
+        } else {
+            "standby".to_string()
+        };
+        let last = match &self.last_fire {
+            Some((name, at)) => format!(", last {}", fire_id(name, *at)),
+            None => String::new(),
+        };
+        format!(
+            "{role}, {} schedules, {} fired{last}",
+            self.schedules, self.fired
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BeatError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+impl BeatError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BeatError::Broker(e) => e.is_transient(),
+        }
+    }
+}
+
+/// A schedule as the beat runs it.
+struct Running {
+    cfg: Arc<ScheduleConfig>,
+    policy: Policy,
+}
+
+struct Leadership {
+    token: LeaderToken,
+    /// Fire only before this instant: the lease is surely still ours until then (measured from
+    /// when the claim was SENT, minus a margin for clock-rate differences).
+    valid_until: Instant,
+    next_renew: Instant,
+}
+
+pub struct Beat {
+    store: Arc<dyn BeatStore>,
+    clock: Arc<dyn Clock>,
+    options: BeatOptions,
+    config: Arc<Config>,
+    agenda: Agenda,
+    running: HashMap<String, Running>,
+    leader: Option<Leadership>,
+    next_claim: Instant,
+    /// Fires that hit a transient error: retried (the store dedupes) while still leader.
+    pending: Vec<Fire>,
+    status: watch::Sender<BeatStatus>,
+    broker_down: bool,
+}
+
+impl Beat {
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<dyn BeatStore>,
+        clock: Arc<dyn Clock>,
+        options: BeatOptions,
+    ) -> Self {
+        let (status, _) = watch::channel(BeatStatus::default());
+        let mut beat = Beat {
+            store,
+            clock,
+            options,
+            config: Arc::new(Config::default()),
+            agenda: Agenda::new(),
+            running: HashMap::new(),
+            leader: None,
+            next_claim: Instant::now(),
+            pending: Vec::new(),
+            status,
+            broker_down: false,
+        };
+        beat.install(config);
+        beat
+    }
+
+    /// A receiver of status updates.
+    pub fn status(&self) -> watch::Receiver<BeatStatus> {
+        self.status.subscribe()
+    }
+
+    /// Runs until `shutdown`. Reloads (validated configurations, or the errors that rejected
+    /// one) arrive on `reloads`.
+    pub async fn run(
+        mut self,
+        shutdown: CancellationToken,
+        mut reloads: mpsc::Receiver<reload::ReloadEvent>,
+    ) -> Result<(), BeatError> {
+        tracing::info!(
+            beat = %self.options.beat_id,
+            schedules = self.running.len(),
+            lease_ttl = ?self.options.lease_ttl,
+            "beat started"
+        );
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            self.upkeep_lease().await;
+            if self.is_firing() {
+                self.fire_due().await;
+            }
+            let wall_wake = if self.is_firing() {
+                if self.pending.is_empty() {
+                    self.agenda.peek()
+                } else {
+                    Some(self.clock.now() + chrono::Duration::milliseconds(200))
+                }
+            } else {
+                None
+            };
+            let mono_wake = match &self.leader {
+                Some(l) => l.next_renew.min(l.valid_until),
+                None => self.next_claim,
+            };
+            let clock = self.clock.clone();
+            let sleep_wall = async move {
+                match wall_wake {
+                    Some(t) => clock.sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = sleep_wall => {}
+                _ = tokio::time::sleep_until(mono_wake) => {}
+                new = reloads.recv() => match new {
+                    Some(reload::ReloadEvent::Changed(cfg)) => self.apply_reload(cfg).await,
+                    Some(reload::ReloadEvent::Rejected(errors)) => {
+                        let detail = errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
+                        self.journal(vec![JournalEntry::new("reload_rejected", None, detail)]).await;
+                    }
+                    None => {
+                        // No reload source any more; keep running on the current config.
+                        reloads = mpsc::channel(1).1;
+                    }
+                },
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        if let Some(l) = self.leader.take() {
+            match self.store.resign(&l.token.token).await {
+                Ok(()) => tracing::info!("leader lease released"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not release the leader lease; it expires by itself")
+                }
+            }
+            self.journal(vec![JournalEntry::new(
+                "leader_lost",
+                None,
+                "beat stopped; lease released",
+            )])
+            .await;
+        }
+        tracing::info!("beat stopped");
+        Ok(())
+    }
+
+    fn is_firing(&self) -> bool {
+        self.leader
+            .as_ref()
+            .is_some_and(|l| Instant::now() < l.valid_until)
+    }
+
+    fn publish_status(&self) {
+        self.status.send_modify(|s| {
+            s.leader = self.is_firing();
+            s.epoch = self.leader.as_ref().map_or(0, |l| l.token.epoch);
+            s.schedules = self.running.len();
+        });
+    }
+
+    fn margin(&self) -> Duration {
+        (self.options.lease_ttl / 10).min(Duration::from_secs(1))
+    }
+
+    /// Renews the lease when due, or tries to acquire it when standby.
+    async fn upkeep_lease(&mut self) {
+        let now = Instant::now();
+        let due = match &self.leader {
+            Some(l) => now >= l.next_renew || now >= l.valid_until,
+            None => now >= self.next_claim,
+        };
+        if !due {
+            return;
+        }
+        let ttl = self.options.lease_ttl;
+        let token = self.options.beat_id.clone();
+        let sent = Instant::now();
+        match self.store.claim(&token, ttl).await {
+            Ok(Claim::Renewed { epoch })
+                if self.leader.as_ref().is_some_and(|l| l.token.epoch == epoch) =>
+            {
+                self.broker_up();
+                let margin = self.margin();
+                let l = self.leader.as_mut().expect("checked");
+                l.valid_until = sent + ttl - margin;
+                l.next_renew = sent + ttl / 3;
+            }
+            Ok(Claim::Renewed { epoch }) | Ok(Claim::Acquired { epoch }) => {
+                self.broker_up();
+                // A new acquisition (or a lease we held in a previous life): take over.
+                self.leader = Some(Leadership {
+                    token: LeaderToken { token, epoch },
+                    valid_until: sent + ttl - self.margin(),
+                    next_renew: sent + ttl / 3,
+                });
+                self.become_leader(epoch).await;
+            }
+            Ok(Claim::HeldByOther { ttl_left }) => {
+                self.broker_up();
+                if self.leader.take().is_some() {
+                    self.lose_leadership("another beat holds the lease").await;
+                }
+                // Try again when the other lease would run out (or sooner, in case it is
+                // released on shutdown), with jitter so standbys do not collide.
+                let wait =
+                    ttl_left.min(ttl / 3) + Duration::from_millis(rand::random_range(0..100));
+                self.next_claim = Instant::now() + wait;
+            }
+            Err(e) => {
+                self.broker_failed(&e);
+                match &mut self.leader {
+                    Some(l) if Instant::now() < l.valid_until => {
+                        // Keep firing until the lease may have expired; retry soon.
+                        l.next_renew = Instant::now() + Duration::from_millis(250).min(ttl / 10);
+                    }
+                    Some(_) => {
+                        self.leader = None;
+                        self.lose_leadership("could not renew the lease before it ran out")
+                            .await;
+                        self.next_claim = Instant::now() + Duration::from_millis(500);
+                    }
+                    None => {
+                        self.next_claim =
+                            Instant::now() + Duration::from_millis(rand::random_range(250..750));
+                    }
+                }
+            }
+        }
+        self.publish_status();
+    }
+
+    fn broker_up(&mut self) {
+        if self.broker_down {
+            tracing::info!("broker reachable again");
+            self.broker_down = false;
+        }
+    }
+
+    fn broker_failed(&mut self, e: &BrokerError) {
+        if !self.broker_down {
+            tracing::warn!(error = %e, "broker unreachable; retrying");
+            self.broker_down = true;
+        }
+    }
+
+    async fn lose_leadership(&mut self, why: &str) {
+        tracing::warn!(reason = why, "lost leadership; standing by");
+        self.pending.clear();
+        self.publish_status();
+        self.journal(vec![JournalEntry::new("leader_lost", None, why)])
+            .await;
+    }
+
+    /// Took the lease: rebuild the agenda from now and catch up what was missed.
+    async fn become_leader(&mut self, epoch: u64) {
+        tracing::info!(epoch, beat = %self.options.beat_id, "became leader");
+        self.journal(vec![JournalEntry::new(
+            "leader_acquired",
+            None,
+            format!("epoch {epoch}"),
+        )])
+        .await;
+        let now = self.clock.now();
+        let names: Vec<String> = self.running.keys().cloned().collect();
+        let last = match self.store.last_fired(&names).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read last fires; giving the lease up");
+                if let Some(l) = self.leader.take() {
+                    let _ = self.store.resign(&l.token.token).await;
+                }
+                self.next_claim = Instant::now() + Duration::from_secs(1);
+                return;
+            }
+        };
+        self.agenda = Agenda::new();
+        let mut fires = Vec::new();
+        let mut entries = Vec::new();
+        for (name, last) in names.iter().zip(last) {
+            let r = &self.running[name];
+            let plan = misfire::plan_catch_up(&r.cfg.timing, last, now, r.policy);
+            if plan.dropped > 0 {
+                let mut e = JournalEntry::new(
+                    "misfired",
+                    Some(name),
+                    format!(
+                        "{}{} missed tick(s) not fired (from {} to {}; misfire policy: grace {}, catch_up {})",
+                        if plan.count_is_lower_bound {
+                            "at least "
+                        } else {
+                            ""
+                        },
+                        plan.dropped,
+                        plan.dropped_first
+                            .map(|t| t.to_rfc3339())
+                            .unwrap_or_default(),
+                        plan.dropped_last
+                            .map(|t| t.to_rfc3339())
+                            .unwrap_or_default(),
+                        humantime::format_duration(r.policy.grace),
+                        r.cfg.misfire.catch_up.name(),
+                    ),
+                );
+                e.nominal = plan.dropped_last;
+                tracing::warn!(schedule = %name, dropped = plan.dropped, "missed ticks dropped by misfire policy");
+                entries.push(e);
+                self.status
+                    .send_modify(|s| s.misfired += plan.dropped as u64);
+            }
+            for nominal in plan.fire {
+                fires.push(self.build_fire(r, nominal, now, true));
+            }
+            self.agenda
+                .upsert(name.as_str().into(), r.cfg.timing.clone(), now);
+        }
+        self.journal(entries).await;
+        if !fires.is_empty() {
+            tracing::info!(count = fires.len(), "catching up missed ticks");
+            self.send_fires(fires).await;
+        }
+        self.publish_status();
+    }
+
+    fn build_fire(
+        &self,
+        r: &Running,
+        nominal: DateTime<Utc>,
+        now: DateTime<Utc>,
+        catch_up: bool,
+    ) -> Fire {
+        let cfg = &r.cfg;
+        let id = fire_id(&cfg.name, nominal);
+        let mut m = TaskMessage::new(&cfg.task, &cfg.queue)
+            .with_priority(cfg.priority)
+            .with_args(cfg.args.clone())
+            .with_fire(&cfg.name, id);
+        if let Some(k) = &cfg.kwargs {
+            m = m.with_kwargs(k.clone());
+        }
+        m.enqueued_at = now;
+        m.expires = match cfg.expires {
+            // Superseded by the schedule's next tick after both the nominal instant and now
+            // (a late catch-up fire must not be born expired).
+            Expires::Auto => cfg.timing.next_after(nominal.max(now)),
+            Expires::Never => None,
+            Expires::After(d) => chrono::Duration::from_std(d).ok().map(|d| nominal + d),
+        };
+        Fire {
+            schedule: cfg.name.clone(),
+            nominal,
+            message: m,
+            overlap_skip: cfg.overlap == Overlap::Skip,
+            remember: r.policy.grace + Duration::from_secs(60),
+            catch_up,
+        }
+    }
+
+    /// Pops due ticks and fires them (steady state).
+    async fn fire_due(&mut self) {
+        if !self.pending.is_empty() {
+            let pending = std::mem::take(&mut self.pending);
+            self.send_fires(pending).await;
+            if !self.pending.is_empty() || !self.is_firing() {
+                return;
+            }
+        }
+        loop {
+            let now = self.clock.now();
+            let due = self.agenda.pop_due(now, self.options.wave_limit);
+            if due.is_empty() {
+                return;
+            }
+            let full = due.len() == self.options.wave_limit;
+            let mut fires = Vec::with_capacity(due.len());
+            let mut late = Vec::new();
+            for d in due {
+                let Some(r) = self.running.get(&*d.name) else {
+                    continue;
+                };
+                if misfire::fires_in_steady_state(d.nominal, now, r.policy.grace) {
+                    fires.push(self.build_fire(r, d.nominal, now, false));
+                } else {
+                    let mut e = JournalEntry::new(
+                        "misfired",
+                        Some(&d.name),
+                        format!(
+                            "tick was {} late, beyond its grace of {}",
+                            humantime::format_duration(misfire::lateness(d.nominal, now)),
+                            humantime::format_duration(r.policy.grace)
+                        ),
+                    );
+                    e.nominal = Some(d.nominal);
+                    e.fire_id = Some(fire_id(&d.name, d.nominal));
+                    tracing::warn!(schedule = %d.name, nominal = %d.nominal, "tick too late; dropped");
+                    late.push(e);
+                }
+            }
+            if !late.is_empty() {
+                self.status.send_modify(|s| s.misfired += late.len() as u64);
+                self.journal(late).await;
+            }
+            self.send_fires(fires).await;
+            if !full || !self.pending.is_empty() || !self.is_firing() {
+                return;
+            }
+        }
+    }
+
+    /// Sends fires to the store and accounts for the outcomes.
+    async fn send_fires(&mut self, fires: Vec<Fire>) {
+        if fires.is_empty() {
+            return;
+        }
+        let Some(l) = &self.leader else {
+            return;
+        };
+        let token = l.token.clone();
+        match self.store.fire(&token, &fires).await {
+            Ok(outcomes) => {
+                self.broker_up();
+                let mut lost = false;
+                let mut fired = 0u64;
+                let mut skipped = 0u64;
+                let mut last: Option<(String, DateTime<Utc>)> = None;
+                for (f, o) in fires.iter().zip(outcomes) {
+                    let fid = f.message.fire_id.as_deref().unwrap_or("");
+                    match o {
+                        FireOutcome::Fired => {
+                            fired += 1;
+                            tracing::info!(
+                                schedule = %f.schedule,
+                                nominal = %f.nominal.to_rfc3339(),
+                                fire_id = fid,
+                                id = %f.message.id,
+                                queue = %f.message.queue,
+                                catch_up = f.catch_up,
+                                "fired"
+                            );
+                            if last.as_ref().is_none_or(|(_, t)| f.nominal >= *t) {
+                                last = Some((f.schedule.clone(), f.nominal));
+                            }
+                        }
+                        FireOutcome::AlreadyFired => {
+                            tracing::debug!(schedule = %f.schedule, fire_id = fid, "already fired")
+                        }
+                        FireOutcome::SkippedOverlap { running } => {
+                            skipped += 1;
+                            tracing::info!(
+                                schedule = %f.schedule, fire_id = fid, running = %running,
+                                "skipped: previous run still queued or running"
+                            );
+                        }
+                        FireOutcome::Paused => {
+                            skipped += 1;
+                            tracing::info!(schedule = %f.schedule, fire_id = fid, "skipped: paused")
+                        }
+                        FireOutcome::NotLeader => lost = true,
+                    }
+                }
+                self.status.send_modify(|s| {
+                    s.fired += fired;
+                    s.skipped += skipped;
+                    if last.is_some() {
+                        s.last_fire = last;
+                    }
+                });
+                if lost {
+                    self.leader = None;
+                    self.next_claim = Instant::now();
+                    self.lose_leadership("the store says another beat leads")
+                        .await;
+                }
+            }
+            Err(e) if e.is_transient() => {
+                // Ambiguous: some may have fired. Retrying is safe: the store dedupes.
+                self.broker_failed(&e);
+                self.pending = fires;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, count = fires.len(), "fire failed; ticks dropped");
+                let entries = fires
+                    .iter()
+                    .map(|f| {
+                        let mut j = JournalEntry::new(
+                            "misfired",
+                            Some(&f.schedule),
+                            format!("fire failed: {e}"),
+                        );
+                        j.nominal = Some(f.nominal);
+                        j
+                    })
+                    .collect();
+                self.journal(entries).await;
+            }
+        }
+    }
+
+    async fn journal(&self, mut entries: Vec<JournalEntry>) {
+        if entries.is_empty() {
+            return;
+        }
+        for e in &mut entries {
+            e.beat = self.options.beat_id.clone();
+        }
+        if let Err(e) = self.store.journal(&entries).await {
+            tracing::debug!(error = %e, "journal write failed");
+        }
+    }
+
+    fn policy_of(cfg: &ScheduleConfig, now: DateTime<Utc>) -> Policy {
+        Policy {
+            grace: cfg
+                .misfire
+                .grace
+                .unwrap_or_else(|| misfire::default_grace(&cfg.timing, now)),
+            catch_up: match cfg.misfire.catch_up {
+                config::CatchUp::None => CatchUp::None,
+                config::CatchUp::Latest => CatchUp::Latest,
+                config::CatchUp::All => CatchUp::All {
+                    max: cfg.misfire.max,
+                },
+            },
+        }
+    }
+
+    /// Installs a configuration as a diff against the running one. Returns (added, changed,
+    /// removed) schedule names.
+    fn install(&mut self, config: Arc<Config>) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let now = self.clock.now();
+        let (mut added, mut changed, mut removed) = (Vec::new(), Vec::new(), Vec::new());
+        let old: Vec<String> = self.running.keys().cloned().collect();
+        for name in old {
+            let keep = config.schedules.get(&name).is_some_and(|s| s.enabled);
+            if !keep {
+                self.running.remove(&name);
+                self.agenda.remove(&name);
+                removed.push(name);
+            }
+        }
+        for (name, cfg) in &config.schedules {
+            if !cfg.enabled {
+                continue;
+            }
+            match self.running.get(name) {
+                Some(r) if r.cfg.same_settings(cfg) => {}
+                Some(r) => {
+                    let timing_changed = r.cfg.timing != cfg.timing;
+                    let cfg = Arc::new(cfg.clone());
+                    let policy = Self::policy_of(&cfg, now);
+                    if timing_changed {
+                        self.agenda
+                            .upsert(name.as_str().into(), cfg.timing.clone(), now);
+                    }
+                    self.running.insert(name.clone(), Running { cfg, policy });
+                    changed.push(name.clone());
+                }
+                None => {
+                    let cfg = Arc::new(cfg.clone());
+                    let policy = Self::policy_of(&cfg, now);
+                    self.agenda
+                        .upsert(name.as_str().into(), cfg.timing.clone(), now);
+                    self.running.insert(name.clone(), Running { cfg, policy });
+                    added.push(name.clone());
+                }
+            }
+        }
+        self.config = config;
+        (added, changed, removed)
+    }
+
+    async fn apply_reload(&mut self, config: Arc<Config>) {
+        let (added, changed, removed) = self.install(config);
+        self.status.send_modify(|s| s.reloads += 1);
+        self.publish_status();
+        let detail = format!(
+            "added [{}], changed [{}], removed [{}]",
+            added.join(", "),
+            changed.join(", "),
+            removed.join(", ")
+        );
+        tracing::info!(
+            added = added.len(),
+            changed = changed.len(),
+            removed = removed.len(),
+            "{}",
+            format_args!("reload applied: {detail}")
+        );
+        self.journal(vec![JournalEntry::new("reload_applied", None, detail)])
+            .await;
+    }
+
+    /// The configuration currently running.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// The next tick of a schedule as the agenda has it.
+    pub fn next_of(&mut self, name: &str) -> Option<DateTime<Utc>> {
+        self.agenda.next_of(name)
+    }
+}
+
+/// The timing of a schedule, for messages.
+pub fn describe(timing: &Timing) -> String {
+    match timing {
+        Timing::Cron(c) => format!("cron `{}` in {}", c.expr().source(), c.timezone().name()),
+        Timing::Interval(i) => format!("every {}", humantime::format_duration(i.every())),
+    }
+}

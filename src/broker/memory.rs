@@ -214,6 +214,15 @@ impl MemoryBroker {
             .expect("memory broker state poisoned")
     }
 
+    /// Whether a message with this id is still in `queue` (ready, delayed or reserved): the
+    /// beat's overlap check ("is the previous run of this schedule still queued or running?").
+    pub fn contains(&self, queue: &str, id: &str) -> bool {
+        self.lock()
+            .queues
+            .get(queue)
+            .is_some_and(|q| q.entries.contains_key(id))
+    }
+
     /// Test hook: enqueues a raw body (which need not be a valid message) as ready.
     pub fn enqueue_raw(&self, queue: &str, id: &str, priority: u8, body: Vec<u8>) -> Result<bool> {
         validate_queue(queue)?;

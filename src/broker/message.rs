@@ -54,6 +54,9 @@ pub struct TaskMessage {
     pub attempt: u32,
     /// When the message was created.
     pub enqueued_at: DateTime<Utc>,
+    /// HMAC-SHA256 of the message (see `crate::signing`), hex, when signing is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 fn default_priority() -> u8 {
@@ -77,6 +80,7 @@ impl TaskMessage {
             expires: None,
             attempt: 0,
             enqueued_at: Utc::now(),
+            signature: None,
         }
     }
 

@@ -15,7 +15,7 @@
 //! someone else now holds: those calls report `false` for it.
 
 pub mod keys;
-mod link;
+pub(crate) mod link;
 pub mod memory;
 pub mod message;
 pub mod redis;

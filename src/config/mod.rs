@@ -30,6 +30,6 @@ pub mod yaml;
 pub use error::{ConfigError, ConfigErrors, Location};
 pub use load::{is_config_file_name, load, load_str};
 pub use model::{
-    Builtin, CatchUp, Config, DEFAULT_QUEUE, Expires, MisfirePolicy, Overlap, QueueConfig,
-    RetryPolicy, ScheduleConfig, TaskConfig, TaskKind,
+    Builtin, CatchUp, CeleryQueue, Config, DEFAULT_QUEUE, Expires, MisfirePolicy, Overlap,
+    QueueConfig, RetryPolicy, ScheduleConfig, TaskConfig, TaskKind,
 };

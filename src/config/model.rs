@@ -27,6 +27,9 @@ pub struct Config {
     pub broker: Option<String>,
     /// How long task results are kept (default 1 day).
     pub result_expires: Duration,
+    /// HMAC key file: when set, enqueuers sign messages and workers refuse unsigned or badly
+    /// signed ones (relative paths are relative to the file that sets it).
+    pub signing_key_file: Option<PathBuf>,
     /// Declared queues, always including [`DEFAULT_QUEUE`].
     pub queues: BTreeMap<String, QueueConfig>,
     pub tasks: BTreeMap<String, TaskConfig>,
@@ -61,6 +64,21 @@ impl Config {
     pub fn task_of(&self, schedule: &ScheduleConfig) -> Option<&TaskConfig> {
         self.tasks.get(&schedule.task)
     }
+
+    /// The `protocol: celery` settings of the queue a schedule sends to, if it is one (then
+    /// the schedule's `task` is a Celery task name, not necessarily one of [`Config::tasks`]).
+    pub fn celery_queue_of(&self, schedule: &ScheduleConfig) -> Option<&CeleryQueue> {
+        self.queues.get(&schedule.queue)?.celery.as_ref()
+    }
+
+    /// The task that runs a Celery task name arriving on a `protocol: celery` queue: the task
+    /// that lists it in `celery_name`, else the task of that name.
+    pub fn task_for_celery_name(&self, celery_name: &str) -> Option<&TaskConfig> {
+        self.tasks
+            .values()
+            .find(|t| t.celery_names.iter().any(|n| n == celery_name))
+            .or_else(|| self.tasks.get(celery_name))
+    }
 }
 
 impl Default for Config {
@@ -72,12 +90,14 @@ impl Default for Config {
             QueueConfig {
                 name: DEFAULT_QUEUE.to_string(),
                 loc: None,
+                celery: None,
             },
         );
         Config {
             timezone: Tz::UTC,
             broker: None,
             result_expires: Config::DEFAULT_RESULT_EXPIRES,
+            signing_key_file: None,
             queues,
             tasks: BTreeMap::new(),
             schedules: BTreeMap::new(),
@@ -86,13 +106,45 @@ impl Default for Config {
     }
 }
 
-/// A named queue. No settings yet; the type exists so that settings (such as
-/// `protocol: celery`) can be added without changing its users.
+/// A named queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueConfig {
     pub name: String,
     /// Where it is declared; `None` for the implicit `default` queue.
     pub loc: Option<Location>,
+    /// `protocol: celery`: the queue is a kombu queue of a Celery app (see
+    /// `docs/migrating-from-celery.md`); `None` for a celeriac queue.
+    pub celery: Option<CeleryQueue>,
+}
+
+impl QueueConfig {
+    /// True for a `protocol: celery` queue.
+    pub fn is_celery(&self) -> bool {
+        self.celery.is_some()
+    }
+}
+
+/// Where a `protocol: celery` queue lives: the Celery app's broker and result backend, and
+/// the kombu settings that decide the Redis key names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CeleryQueue {
+    /// The Celery app's broker URL (`redis://host:port/db`, ...): where kombu's lists are.
+    pub broker: String,
+    /// The Celery app's result backend URL; `None`: results are not stored (like a Celery
+    /// app without a backend).
+    pub backend: Option<String>,
+    /// The kombu queue name (default: the queue's own name).
+    pub name: String,
+    /// kombu's `priority_steps` transport option: ascending, starting with 0
+    /// (default `[0, 3, 6, 9]`).
+    pub priority_steps: Vec<u8>,
+    /// kombu's `global_keyprefix` transport option (default empty).
+    pub key_prefix: String,
+}
+
+impl CeleryQueue {
+    /// kombu's default `priority_steps`.
+    pub const DEFAULT_PRIORITY_STEPS: [u8; 4] = [0, 3, 6, 9];
 }
 
 /// Something a worker can run.
@@ -105,6 +157,10 @@ pub struct TaskConfig {
     pub retry: RetryPolicy,
     /// Do not store the result (Celery's `ignore_result`): saves a write per task.
     pub ignore_result: bool,
+    /// Celery task names (`local.tasks.cal`) that run this task when they arrive on a
+    /// `protocol: celery` queue (`celery_name:`); a Celery name equal to the task's own name
+    /// needs no entry.
+    pub celery_names: Vec<String>,
     pub loc: Location,
 }
 

@@ -18,8 +18,8 @@ use chrono_tz::Tz;
 
 use super::error::{ConfigError, ConfigErrors, Location};
 use super::model::{
-    Builtin, CatchUp, Config, DEFAULT_QUEUE, Expires, MisfirePolicy, Overlap, QueueConfig,
-    RetryPolicy, ScheduleConfig, TaskConfig, TaskKind,
+    Builtin, CatchUp, CeleryQueue, Config, DEFAULT_QUEUE, Expires, MisfirePolicy, Overlap,
+    QueueConfig, RetryPolicy, ScheduleConfig, TaskConfig, TaskKind,
 };
 use super::placeholder;
 use super::suggest::{closest, closest_zone, did_you_mean, one_of};
@@ -65,11 +65,21 @@ const TOP_KEYS: &[&str] = &[
     "timezone",
     "broker",
     "result_expires",
+    "signing_key_file",
     "queues",
     "tasks",
     "schedules",
 ];
-const QUEUE_KEYS: &[&str] = &[];
+const QUEUE_KEYS: &[&str] = &[
+    "protocol",
+    "broker",
+    "backend",
+    "name",
+    "priority_steps",
+    "key_prefix",
+];
+/// Queue keys that only a `protocol: celery` queue takes.
+const CELERY_QUEUE_KEYS: &[&str] = &["broker", "backend", "name", "priority_steps", "key_prefix"];
 const TASK_KEYS: &[&str] = &[
     "command",
     "builtin",
@@ -77,6 +87,7 @@ const TASK_KEYS: &[&str] = &[
     "timeout",
     "retry",
     "ignore_result",
+    "celery_name",
 ];
 const RETRY_KEYS: &[&str] = &["max", "backoff", "max_backoff"];
 const SCHEDULE_KEYS: &[&str] = &[
@@ -146,6 +157,7 @@ struct Merged<'a> {
     timezone: Option<Setting<'a>>,
     broker: Option<Setting<'a>>,
     result_expires: Option<Setting<'a>>,
+    signing_key_file: Option<Setting<'a>>,
     queues: Vec<Named<'a>>,
     tasks: Vec<Named<'a>>,
     schedules: Vec<Named<'a>>,
@@ -234,6 +246,7 @@ impl<'a> Checker<'a> {
                     "timezone" => &mut merged.timezone,
                     "broker" => &mut merged.broker,
                     "result_expires" => &mut merged.result_expires,
+                    "signing_key_file" => &mut merged.signing_key_file,
                     "queues" => {
                         self.merge_section(value, "queue", &mut merged.queues, &mut seen[0]);
                         continue;
@@ -584,18 +597,43 @@ impl<'a> Checker<'a> {
                 config.result_expires = d;
             }
         }
+        if let Some(setting) = merged.signing_key_file
+            && let Some(text) = self.string(setting.value, "signing_key_file")
+        {
+            if text.is_empty() {
+                self.error(&setting.value.loc, "`signing_key_file` must not be empty");
+            } else {
+                // Relative to the file that says it.
+                let path = std::path::Path::new(text);
+                let base = setting
+                    .value
+                    .loc
+                    .file
+                    .parent()
+                    .unwrap_or(std::path::Path::new("."));
+                config.signing_key_file = Some(if path.is_absolute() {
+                    path.to_path_buf()
+                } else {
+                    base.join(path)
+                });
+            }
+        }
         for named in &merged.queues {
             let context = format!("in queue `{}`", named.name);
             let what = format!(
                 "a mapping of settings (or nothing) for queue `{}`",
                 named.name
             );
-            self.fields(named.value, QUEUE_KEYS, &what, &context);
+            let celery = match self.fields(named.value, QUEUE_KEYS, &what, &context) {
+                Some(fields) => self.celery_queue(named, &fields),
+                None => None,
+            };
             config.queues.insert(
                 named.name.clone(),
                 QueueConfig {
                     name: named.name.clone(),
                     loc: Some(named.key.loc.clone()),
+                    celery,
                 },
             );
         }
@@ -609,9 +647,16 @@ impl<'a> Checker<'a> {
                 placeholders.insert(&named.name, used);
             }
         }
+        self.celery_names(&config);
         let names = Names {
             tasks: merged.tasks.iter().map(|n| n.name.as_str()).collect(),
             queues: config.queues.keys().map(String::as_str).collect(),
+            celery_queues: config
+                .queues
+                .values()
+                .filter(|q| q.is_celery())
+                .map(|q| q.name.as_str())
+                .collect(),
             placeholders: &placeholders,
             timezone: config.timezone,
         };
@@ -754,10 +799,15 @@ impl<'a> Checker<'a> {
             None => Some(false),
             Some(node) => self.boolean(node, "ignore_result"),
         };
+        let celery_names = match fields.get("celery_name") {
+            None => Some(Vec::new()),
+            Some(node) => self.celery_task_names(node),
+        };
         Some(TaskConfig {
             name: name.clone(),
             kind: kind?,
             ignore_result: ignore_result?,
+            celery_names: celery_names?,
             timeout: timeout?,
             retry: retry?,
             loc: named.key.loc.clone(),
@@ -895,12 +945,23 @@ impl<'a> Checker<'a> {
         )?;
         let mut ok = true;
 
+        let queue = match fields.get("queue") {
+            None => Some(DEFAULT_QUEUE.to_string()),
+            Some(node) => self.reference(node, "queue", &names.queues),
+        };
+        let to_celery = queue
+            .as_deref()
+            .is_some_and(|q| names.celery_queues.contains(q));
+
         let task_node = fields.get("task");
         let task = match task_node {
             None => {
                 self.error(&named.key.loc, format!("schedule `{name}` has no `task`"));
                 None
             }
+            // On a `protocol: celery` queue the task is a Celery task name, run by Celery
+            // workers: it need not be one of `tasks:`.
+            Some(node) if to_celery => self.celery_task_name(node),
             Some(node) => self.reference(node, "task", &names.tasks),
         };
 
@@ -937,11 +998,6 @@ impl<'a> Checker<'a> {
                     None
                 }
             },
-        };
-
-        let queue = match fields.get("queue") {
-            None => Some(DEFAULT_QUEUE.to_string()),
-            Some(node) => self.reference(node, "queue", &names.queues),
         };
 
         let priority = match fields.get("priority") {
@@ -982,6 +1038,7 @@ impl<'a> Checker<'a> {
 
         // Every `{{name}}` in the task's command must be provided by `args`.
         if let (Some(task), Some(args), Some(task_node)) = (&task, &args, task_node)
+            && !to_celery
             && let Some(used) = names.placeholders.get(task.as_str())
         {
             let at = args_node.unwrap_or(task_node);
@@ -1020,6 +1077,203 @@ impl<'a> Checker<'a> {
             enabled: enabled?,
             loc: named.key.loc.clone(),
         })
+    }
+
+    // ----- protocol: celery ----------------------------------------------------------
+
+    /// The `protocol: celery` settings of a queue (`None` for a celeriac queue or when
+    /// invalid; errors are reported).
+    fn celery_queue(&mut self, named: &Named<'a>, fields: &Fields<'a>) -> Option<CeleryQueue> {
+        let queue = &named.name;
+        let protocol = match fields.get("protocol") {
+            None => "celeriac",
+            Some(node) => self.choice(
+                node,
+                "protocol",
+                &[("celeriac", "celeriac"), ("celery", "celery")],
+            )?,
+        };
+        if protocol != "celery" {
+            for key in CELERY_QUEUE_KEYS {
+                if let Some((key_node, _)) = fields.entry(key) {
+                    self.error(
+                        &key_node.loc,
+                        format!(
+                            "`{key}` only applies to `protocol: celery` queues; add \
+                             `protocol: celery` to queue `{queue}` or remove `{key}`"
+                        ),
+                    );
+                }
+            }
+            return None;
+        }
+        let mut ok = true;
+        let broker = match fields.get("broker") {
+            None => {
+                self.error(
+                    &named.key.loc,
+                    format!(
+                        "queue `{queue}` has `protocol: celery` but no `broker`: give the \
+                         Celery app's broker URL, e.g. `broker: redis://127.0.0.1:6379/1`"
+                    ),
+                );
+                None
+            }
+            Some(node) => self.celery_url(node, "broker"),
+        };
+        let backend = match fields.get("backend") {
+            None => Some(None),
+            Some(node) if node.is_null() => Some(None),
+            Some(node) => self.celery_url(node, "backend").map(Some),
+        };
+        let name = match fields.get("name") {
+            None => Some(queue.clone()),
+            Some(node) => match self.string(node, "name") {
+                Some(n) if crate::broker::validate_queue(n).is_ok() => Some(n.to_string()),
+                Some(n) => {
+                    self.error(
+                        &node.loc,
+                        format!(
+                            "invalid kombu queue name `{n}`: 1-200 bytes without braces, \
+                             spaces or control characters"
+                        ),
+                    );
+                    None
+                }
+                None => None,
+            },
+        };
+        let priority_steps = match fields.get("priority_steps") {
+            None => Some(CeleryQueue::DEFAULT_PRIORITY_STEPS.to_vec()),
+            Some(node) => self.priority_steps(node),
+        };
+        let key_prefix = match fields.get("key_prefix") {
+            None => Some(String::new()),
+            Some(node) => self.string(node, "key_prefix").map(str::to_string),
+        };
+        for part in [
+            broker.is_some(),
+            backend.is_some(),
+            name.is_some(),
+            priority_steps.is_some(),
+            key_prefix.is_some(),
+        ] {
+            ok &= part;
+        }
+        if !ok {
+            return None;
+        }
+        Some(CeleryQueue {
+            broker: broker?,
+            backend: backend?,
+            name: name?,
+            priority_steps: priority_steps?,
+            key_prefix: key_prefix?,
+        })
+    }
+
+    /// A Redis URL of a Celery app (its broker or result backend).
+    fn celery_url(&mut self, node: &Node, key: &str) -> Option<String> {
+        let url = self.string(node, key)?;
+        if BROKER_SCHEMES.iter().any(|s| url.starts_with(s)) {
+            return Some(url.to_string());
+        }
+        let help = if let Some(path) = url.strip_prefix("redis+socket://") {
+            format!("; for a unix socket write `unix://{path}`")
+        } else {
+            format!("; expected a {} URL", one_of(BROKER_SCHEMES))
+        };
+        self.error(&node.loc, format!("unsupported `{key}` URL `{url}`{help}"));
+        None
+    }
+
+    /// kombu's `priority_steps`: a list of distinct priorities 0..=9, ascending, from 0.
+    fn priority_steps(&mut self, node: &Node) -> Option<Vec<u8>> {
+        let NodeValue::Seq(items) = &node.value else {
+            self.wrong_type(node, "a list like `[0, 3, 6, 9]` for `priority_steps`");
+            return None;
+        };
+        let mut steps = Vec::with_capacity(items.len());
+        for item in items {
+            steps
+                .push(self.integer(item, "priority_steps", 0..10, "an integer from 0 to 9")? as u8);
+        }
+        if steps.first() != Some(&0) || steps.windows(2).any(|w| w[0] >= w[1]) {
+            self.error(
+                &node.loc,
+                "`priority_steps` must start with 0 and ascend, like kombu's default `[0, 3, 6, 9]`",
+            );
+            return None;
+        }
+        Some(steps)
+    }
+
+    /// A Celery task name (`local.tasks.cal`).
+    fn celery_task_name(&mut self, node: &Node) -> Option<String> {
+        let name = self.string(node, "task")?;
+        if name.is_empty() || name.len() > 1000 || name.chars().any(char::is_control) {
+            self.error(
+                &node.loc,
+                format!(
+                    "invalid Celery task name `{}`: must be 1-1000 characters without control \
+                     characters",
+                    name.escape_default()
+                ),
+            );
+            return None;
+        }
+        Some(name.to_string())
+    }
+
+    /// `celery_name`: one Celery task name or a list of them.
+    fn celery_task_names(&mut self, node: &Node) -> Option<Vec<String>> {
+        match &node.value {
+            NodeValue::Str(_) => self.celery_task_name(node).map(|n| vec![n]),
+            NodeValue::Seq(items) => {
+                let mut names = Vec::with_capacity(items.len());
+                let mut ok = true;
+                for item in items {
+                    match self.celery_task_name(item) {
+                        Some(n) => names.push(n),
+                        None => ok = false,
+                    }
+                }
+                ok.then_some(names)
+            }
+            _ => {
+                self.wrong_type(
+                    node,
+                    "a Celery task name or a list of them for `celery_name`",
+                );
+                None
+            }
+        }
+    }
+
+    /// A Celery task name may be claimed by one task only.
+    fn celery_names(&mut self, config: &Config) {
+        let mut claimed: HashMap<&str, &TaskConfig> = HashMap::new();
+        for task in config.tasks.values() {
+            for name in &task.celery_names {
+                if let Some(first) = claimed.get(name.as_str()) {
+                    if first.name != task.name {
+                        self.errors.push(
+                            ConfigError::at(
+                                &task.loc,
+                                format!(
+                                    "Celery task name `{name}` is claimed by tasks `{}` and \
+                                     `{}`; a Celery name runs one task",
+                                    first.name, task.name
+                                ),
+                            )
+                            .with_related(&first.loc),
+                        );
+                    }
+                    continue;
+                }
+                claimed.insert(name, task);
+            }
+        }
     }
 
     /// A reference to a named task or queue, which must exist.
@@ -1310,6 +1564,8 @@ struct Names<'n> {
     /// follow-on errors).
     tasks: HashSet<&'n str>,
     queues: HashSet<&'n str>,
+    /// Queues declared `protocol: celery`: their schedules name Celery tasks.
+    celery_queues: HashSet<&'n str>,
     /// Placeholders used by each command task (each name once).
     placeholders: &'n HashMap<&'n str, Vec<String>>,
     timezone: Tz,

@@ -76,6 +76,17 @@ pub async fn execute(shared: &Shared, delivery: &Delivery, cancel: &Cancellation
             return rejected(None, format!("undecodable message: {}", bad.error), worker);
         }
     };
+    // Messages of `protocol: celery` queues come from Celery clients, which cannot sign.
+    if let Some(key) = &shared.options.signing
+        && !shared
+            .config
+            .queues
+            .get(&message.queue)
+            .is_some_and(|q| q.is_celery())
+        && let Err(e) = key.verify(message)
+    {
+        return rejected(Some(message), e.to_string(), worker);
+    }
     let Some(task) = shared.config.tasks.get(&message.task) else {
         return rejected(
             Some(message),

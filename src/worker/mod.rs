@@ -25,13 +25,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use self::execute::{MAX_EXTRA_DELIVERIES, Outcome, command_env};
 pub use self::handler::{Handlers, TaskContext, TaskFailure};
-use crate::broker::{Broker, BrokerError, Lease, MAX_RESERVE_BATCH, TaskResult};
+use crate::broker::{Broker, BrokerError, Delivery, Lease, MAX_RESERVE_BATCH, TaskResult};
 use crate::config::Config;
 
 /// How a worker is run.
@@ -53,6 +53,8 @@ pub struct WorkerOptions {
     pub reserve_wait: Duration,
     /// Bytes of command output kept in a result.
     pub output_limit: usize,
+    /// When set, only messages signed with this key run; others are dead-lettered.
+    pub signing: Option<crate::signing::SigningKey>,
 }
 
 impl Default for WorkerOptions {
@@ -66,6 +68,7 @@ impl Default for WorkerOptions {
             worker_id: default_worker_id(),
             reserve_wait: Duration::from_secs(1),
             output_limit: command::DEFAULT_OUTPUT_LIMIT,
+            signing: None,
         }
     }
 }
@@ -143,26 +146,43 @@ struct Completion {
 
 pub struct Worker {
     shared: Arc<Shared>,
-    broker: Arc<dyn Broker>,
+    sources: Vec<Source>,
     counters: Arc<WorkerCounters>,
 }
 
+/// A broker and the queues consumed from it. A worker has one per broker: its native
+/// broker, and one per Celery app for `protocol: celery` queues.
+struct Source {
+    broker: Arc<dyn Broker>,
+    queues: Vec<String>,
+}
+
 impl Worker {
+    /// A worker consuming `options.queues` from `broker`.
     pub fn new(
         config: Arc<Config>,
         broker: Arc<dyn Broker>,
         handlers: Handlers,
         options: WorkerOptions,
     ) -> Self {
+        let queues = options.queues.clone();
         Worker {
             shared: Arc::new(Shared {
                 config,
                 handlers: Arc::new(handlers),
                 options,
             }),
-            broker,
+            sources: vec![Source { broker, queues }],
             counters: Arc::new(WorkerCounters::default()),
         }
+    }
+
+    /// Also consumes `queues` from another broker (e.g. `protocol: celery` queues through a
+    /// [`crate::celery::CeleryBroker`]). Each broker gets its own reserve loop; all of them
+    /// share `concurrency` and `max_tasks`.
+    pub fn add_source(mut self, broker: Arc<dyn Broker>, queues: Vec<String>) -> Self {
+        self.sources.push(Source { broker, queues });
+        self
     }
 
     pub fn counters(&self) -> Arc<WorkerCounters> {
@@ -182,10 +202,15 @@ impl Worker {
                 "concurrency must be at least 1".into(),
             ));
         }
-        if opts.queues.is_empty() {
+        let sources: Vec<Source> = self
+            .sources
+            .into_iter()
+            .filter(|s| !s.queues.is_empty())
+            .collect();
+        if sources.is_empty() {
             return Err(WorkerError::Options("no queues to consume".into()));
         }
-        for q in &opts.queues {
+        for q in sources.iter().flat_map(|s| &s.queues) {
             crate::broker::validate_queue(q)?;
         }
         if opts.lease < Duration::from_secs(1) {
@@ -193,160 +218,309 @@ impl Worker {
         }
         tracing::info!(
             worker = %opts.worker_id,
-            queues = %opts.queues.join(","),
+            queues = %sources.iter().map(|s| s.queues.join(",")).collect::<Vec<_>>().join(","),
             concurrency = opts.concurrency,
             "worker started"
         );
-
-        let semaphore = Arc::new(Semaphore::new(opts.concurrency));
-        // Every message this worker holds: running, or finished and not yet acknowledged.
-        let held: Held = Arc::default();
-        let stop_tasks = CancellationToken::new();
-        let (done_tx, done_rx) = mpsc::channel::<Completion>(4 * MAX_RESERVE_BATCH);
-        let completer = tokio::spawn(complete_loop(
-            self.broker.clone(),
-            self.shared.clone(),
-            self.counters.clone(),
-            done_rx,
-            held.clone(),
-            force.clone(),
-        ));
-        let keeper_stop = CancellationToken::new();
-        let keeper = tokio::spawn(keep_leases(
-            self.broker.clone(),
-            held.clone(),
-            opts.lease,
-            keeper_stop.clone(),
-        ));
-
-        let mut tasks = JoinSet::new();
-        let mut started: u64 = 0;
-        let mut backoff = Backoff::new();
-        let exit = loop {
-            while let Some(joined) = tasks.try_join_next() {
-                log_join(joined);
+        let pool = Arc::new(Pool {
+            semaphore: Arc::new(Semaphore::new(opts.concurrency)),
+            budget: Budget::new(opts.max_tasks),
+            stop_tasks: CancellationToken::new(),
+            stop_reserving: shutdown.child_token(),
+            force,
+            multi: sources.len() > 1,
+        });
+        let loops = sources.into_iter().map(|source| {
+            consume(
+                source,
+                self.shared.clone(),
+                self.counters.clone(),
+                pool.clone(),
+            )
+        });
+        let mut exit = Ok(WorkerExit::MaxTasks);
+        for result in futures::future::join_all(loops).await {
+            match (result, &exit) {
+                (Err(e), Ok(_)) => exit = Err(e),
+                (Ok(WorkerExit::Shutdown), Ok(_)) => exit = Ok(WorkerExit::Shutdown),
+                _ => {}
             }
-            if shutdown.is_cancelled() {
-                break WorkerExit::Shutdown;
-            }
-            let budget = match opts.max_tasks {
-                Some(max) if started >= max => break WorkerExit::MaxTasks,
-                Some(max) => (max - started).min(MAX_RESERVE_BATCH as u64) as usize,
-                None => MAX_RESERVE_BATCH,
-            };
-            let mut permits = tokio::select! {
-                p = semaphore.clone().acquire_owned() => p.expect("semaphore never closed"),
-                _ = shutdown.cancelled() => break WorkerExit::Shutdown,
-            };
-            if semaphore.available_permits() + 1 < opts.concurrency.min(budget) {
-                // Tasks that have just finished may not have returned their permits yet:
-                // let them, so that one reserve takes them all (short tasks otherwise make
-                // the loop reserve one or two messages per round trip).
-                tokio::task::yield_now().await;
-            }
-            let extra = semaphore.available_permits().min(budget - 1);
-            if extra > 0
-                && let Ok(more) = semaphore.clone().try_acquire_many_owned(extra as u32)
-            {
-                permits.merge(more);
-            }
-            let want = permits.num_permits();
-            // Not raced against shutdown: an in-flight reserve is short (reserve_wait) and
-            // cancelling it could strand messages until their lease runs out.
-            let reserved = self
-                .broker
-                .reserve(&opts.queues, want, opts.lease, opts.reserve_wait)
-                .await;
-            let deliveries = match reserved {
-                Ok(d) => {
-                    backoff.succeeded("reserve");
-                    d
-                }
-                Err(e) if e.is_transient() => {
-                    drop(permits);
-                    let wait = backoff.failed("reserve", &e);
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = shutdown.cancelled() => {}
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "reserve failed; worker stops");
-                    keeper_stop.cancel();
-                    stop_tasks.cancel();
-                    drop(done_tx);
-                    while tasks.join_next().await.is_some() {}
-                    let _ = completer.await;
-                    return Err(e.into());
-                }
-            };
-            for delivery in deliveries {
-                let permit = permits.split(1).expect("one permit per reserved message");
-                started += 1;
-                self.counters.started.fetch_add(1, Ordering::Relaxed);
-                held.lock()
-                    .expect("held map poisoned")
-                    .insert(delivery.lease.id.clone(), delivery.lease.clone());
-                let shared = self.shared.clone();
-                let done = done_tx.clone();
-                let cancel = stop_tasks.child_token();
-                tasks.spawn(async move {
-                    let outcome = execute::execute(&shared, &delivery, &cancel).await;
-                    // The completer only goes away after every task has finished. The permit
-                    // is given back once it has the outcome (backpressure), the lease once it
-                    // has acknowledged (or retried, released, dead-lettered) the message.
-                    let _ = done
-                        .send(Completion {
-                            lease: delivery.lease,
-                            outcome,
-                        })
-                        .await;
-                    drop(permit);
-                });
-            }
-            // Unused permits (fewer messages than asked for) go back here.
-            drop(permits);
-        };
-
-        // Drain: let running tasks finish for `grace`, then stop them.
-        let in_flight = tasks.len();
-        if in_flight > 0 {
-            tracing::info!(running = in_flight, grace = ?opts.grace, "draining");
         }
-        let drained = async {
-            while let Some(joined) = tasks.join_next().await {
-                log_join(joined);
-            }
-        };
-        let mut drained = std::pin::pin!(drained);
-        let finished_in_grace = tokio::select! {
-            _ = &mut drained => true,
-            _ = tokio::time::sleep(opts.grace) => false,
-            _ = force.cancelled() => false,
-        };
-        if !finished_in_grace {
-            tracing::warn!(
-                running = opts.concurrency - semaphore.available_permits(),
-                "grace period over: stopping running tasks and returning their messages"
-            );
-            stop_tasks.cancel();
-            drained.await;
-        }
-        // Leases are kept alive until the last outcome has been handed to the broker.
-        drop(done_tx);
-        let _ = completer.await;
-        keeper_stop.cancel();
-        let _ = keeper.await;
         tracing::info!(
             started = WorkerCounters::get(&self.counters.started),
             succeeded = WorkerCounters::get(&self.counters.succeeded),
             failed = WorkerCounters::get(&self.counters.failed),
-            reason = ?exit,
+            reason = ?exit.as_ref().ok(),
             "worker stopped"
         );
-        Ok(exit)
+        exit
     }
+}
+
+/// What the reserve loops of one worker share.
+struct Pool {
+    semaphore: Arc<Semaphore>,
+    budget: Budget,
+    /// Cancels running tasks (grace over, or a fatal error).
+    stop_tasks: CancellationToken,
+    /// Stops every reserve loop: shutdown, or one loop failed for good.
+    stop_reserving: CancellationToken,
+    force: CancellationToken,
+    /// More than one source: an idle loop waits for messages without holding a permit.
+    multi: bool,
+}
+
+/// `max_tasks` shared by the reserve loops: each claims what it may start before reserving
+/// and gives back what it did not get.
+struct Budget {
+    max: Option<u64>,
+    claimed: AtomicU64,
+}
+
+impl Budget {
+    fn new(max: Option<u64>) -> Self {
+        Budget {
+            max,
+            claimed: AtomicU64::new(0),
+        }
+    }
+
+    /// Claims up to `want` task starts; 0 when the budget is spent.
+    fn claim(&self, want: usize) -> usize {
+        let Some(max) = self.max else { return want };
+        let mut granted = 0;
+        let _ = self
+            .claimed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| {
+                granted = max.saturating_sub(c).min(want as u64);
+                Some(c + granted)
+            });
+        granted as usize
+    }
+
+    fn refund(&self, n: usize) {
+        if self.max.is_some() && n > 0 {
+            self.claimed.fetch_sub(n as u64, Ordering::SeqCst);
+        }
+    }
+}
+
+/// One source's reserve loop, then the drain of its tasks.
+async fn consume(
+    source: Source,
+    shared: Arc<Shared>,
+    counters: Arc<WorkerCounters>,
+    pool: Arc<Pool>,
+) -> Result<WorkerExit, WorkerError> {
+    let opts = &shared.options;
+    let Source { broker, queues } = source;
+    let shutdown = &pool.stop_reserving;
+    let semaphore = &pool.semaphore;
+    // Every message this loop holds: running, or finished and not yet acknowledged.
+    let held: Held = Arc::default();
+    let (done_tx, done_rx) = mpsc::channel::<Completion>(4 * MAX_RESERVE_BATCH);
+    let completer = tokio::spawn(complete_loop(
+        broker.clone(),
+        shared.clone(),
+        counters.clone(),
+        done_rx,
+        held.clone(),
+        pool.force.clone(),
+    ));
+    let keeper_stop = CancellationToken::new();
+    let keeper = tokio::spawn(keep_leases(
+        broker.clone(),
+        held.clone(),
+        opts.lease,
+        keeper_stop.clone(),
+    ));
+
+    let mut tasks = JoinSet::new();
+    let spawn = |tasks: &mut JoinSet<()>, delivery: Delivery, permit: OwnedSemaphorePermit| {
+        counters.started.fetch_add(1, Ordering::Relaxed);
+        held.lock()
+            .expect("held map poisoned")
+            .insert(delivery.lease.id.clone(), delivery.lease.clone());
+        let shared = shared.clone();
+        let done = done_tx.clone();
+        let cancel = pool.stop_tasks.child_token();
+        tasks.spawn(async move {
+            let outcome = execute::execute(&shared, &delivery, &cancel).await;
+            // The completer only goes away after every task has finished. The permit is
+            // given back once it has the outcome (backpressure), the lease once it has
+            // acknowledged (or retried, released, dead-lettered) the message.
+            let _ = done
+                .send(Completion {
+                    lease: delivery.lease,
+                    outcome,
+                })
+                .await;
+            drop(permit);
+        });
+    };
+    let mut backoff = Backoff::new();
+    let mut idle = false;
+    let exit = loop {
+        while let Some(joined) = tasks.try_join_next() {
+            log_join(joined);
+        }
+        if shutdown.is_cancelled() {
+            break Ok(WorkerExit::Shutdown);
+        }
+        if pool.multi && idle {
+            // Wait for a message without holding a permit, so that an idle source does not
+            // sit on concurrency a busy one could use; then wait for a permit, with the
+            // message's lease kept alive meanwhile.
+            if pool.budget.claim(1) == 0 {
+                break Ok(WorkerExit::MaxTasks);
+            }
+            let reserved = broker
+                .reserve(&queues, 1, opts.lease, opts.reserve_wait)
+                .await;
+            let delivery = match reserved {
+                Ok(mut d) if !d.is_empty() => {
+                    backoff.succeeded("reserve");
+                    d.remove(0)
+                }
+                Ok(_) => {
+                    backoff.succeeded("reserve");
+                    pool.budget.refund(1);
+                    continue;
+                }
+                Err(e) => {
+                    pool.budget.refund(1);
+                    match reserve_failed(e, &mut backoff, shutdown).await {
+                        Some(e) => break Err(e),
+                        None => continue,
+                    }
+                }
+            };
+            idle = false;
+            held.lock()
+                .expect("held map poisoned")
+                .insert(delivery.lease.id.clone(), delivery.lease.clone());
+            let permit = tokio::select! {
+                p = semaphore.clone().acquire_owned() => Some(p.expect("semaphore never closed")),
+                _ = shutdown.cancelled() => None,
+            };
+            match permit {
+                Some(permit) => spawn(&mut tasks, delivery, permit),
+                None => {
+                    let _ = broker.release(std::slice::from_ref(&delivery.lease)).await;
+                    let_go(&held, &delivery.lease);
+                    break Ok(WorkerExit::Shutdown);
+                }
+            }
+            continue;
+        }
+        let budget = pool.budget.claim(MAX_RESERVE_BATCH);
+        if budget == 0 {
+            break Ok(WorkerExit::MaxTasks);
+        }
+        let mut permits = tokio::select! {
+            p = semaphore.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = shutdown.cancelled() => {
+                pool.budget.refund(budget);
+                break Ok(WorkerExit::Shutdown);
+            }
+        };
+        if semaphore.available_permits() + 1 < opts.concurrency.min(budget) {
+            // Tasks that have just finished may not have returned their permits yet: let
+            // them, so that one reserve takes them all (short tasks otherwise make the loop
+            // reserve one or two messages per round trip).
+            tokio::task::yield_now().await;
+        }
+        let extra = semaphore.available_permits().min(budget - 1);
+        if extra > 0
+            && let Ok(more) = semaphore.clone().try_acquire_many_owned(extra as u32)
+        {
+            permits.merge(more);
+        }
+        let want = permits.num_permits();
+        pool.budget.refund(budget - want);
+        // Not raced against shutdown: an in-flight reserve is short (reserve_wait) and
+        // cancelling it could strand messages until their lease runs out.
+        let reserved = broker
+            .reserve(&queues, want, opts.lease, opts.reserve_wait)
+            .await;
+        let deliveries = match reserved {
+            Ok(d) => {
+                backoff.succeeded("reserve");
+                d
+            }
+            Err(e) => {
+                drop(permits);
+                pool.budget.refund(want);
+                match reserve_failed(e, &mut backoff, shutdown).await {
+                    Some(e) => break Err(e),
+                    None => continue,
+                }
+            }
+        };
+        pool.budget.refund(want - deliveries.len());
+        idle = deliveries.is_empty();
+        for delivery in deliveries {
+            let permit = permits.split(1).expect("one permit per reserved message");
+            spawn(&mut tasks, delivery, permit);
+        }
+        // Unused permits (fewer messages than asked for) go back here.
+        drop(permits);
+    };
+    if exit.is_err() {
+        // A broker error that needs a human: the whole worker stops, its tasks too.
+        pool.stop_reserving.cancel();
+        pool.stop_tasks.cancel();
+    }
+
+    // Drain: let running tasks finish for `grace`, then stop them.
+    let in_flight = tasks.len();
+    if in_flight > 0 {
+        tracing::info!(running = in_flight, grace = ?opts.grace, "draining");
+    }
+    let drained = async {
+        while let Some(joined) = tasks.join_next().await {
+            log_join(joined);
+        }
+    };
+    let mut drained = std::pin::pin!(drained);
+    let finished_in_grace = tokio::select! {
+        _ = &mut drained => true,
+        _ = tokio::time::sleep(opts.grace) => false,
+        _ = pool.force.cancelled() => false,
+    };
+    if !finished_in_grace {
+        tracing::warn!(
+            running = opts.concurrency - semaphore.available_permits(),
+            "grace period over: stopping running tasks and returning their messages"
+        );
+        pool.stop_tasks.cancel();
+        drained.await;
+    }
+    // Leases are kept alive until the last outcome has been handed to the broker.
+    drop(done_tx);
+    let _ = completer.await;
+    keeper_stop.cancel();
+    let _ = keeper.await;
+    exit
+}
+
+/// Handles a failed reserve: a transient error waits (with backoff) and returns `None` to
+/// go on; a permanent one is returned for the loop to stop with.
+async fn reserve_failed(
+    e: BrokerError,
+    backoff: &mut Backoff,
+    shutdown: &CancellationToken,
+) -> Option<WorkerError> {
+    if e.is_transient() {
+        let wait = backoff.failed("reserve", &e);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => {}
+        }
+        return None;
+    }
+    tracing::error!(error = %e, "reserve failed; worker stops");
+    Some(e.into())
 }
 
 fn log_join(joined: Result<(), tokio::task::JoinError>) {

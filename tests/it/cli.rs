@@ -199,10 +199,3 @@ fn next_of_configured_schedules_lists_each_one() {
     assert_eq!(code, 2);
     assert!(err.contains("no-such"));
 }
-
-#[test]
-fn unimplemented_commands_say_so_and_fail() {
-    let (code, _, err) = run(&["status"]);
-    assert_ne!(code, 0);
-    assert!(err.contains("not implemented yet"), "{err}");
-}

@@ -321,7 +321,7 @@ fn unknown_top_level_key_suggests_the_closest() {
     assert_eq!(
         error_of("workers: 4\n"),
         "cfg.yaml:1:1: unknown key `workers` at the top level; expected `timezone`, `broker`, \
-         `result_expires`, `queues`, `tasks` or `schedules`"
+         `result_expires`, `signing_key_file`, `queues`, `tasks` or `schedules`"
     );
 }
 

@@ -3,10 +3,13 @@
 
 mod broker_contract;
 mod broker_redis;
+mod celery;
 mod cli;
 mod config;
+mod ops;
 mod redis_server;
 mod schedule;
+mod systemd;
 mod util;
 mod worker;
 mod worker_faults;

@@ -1,0 +1,448 @@
+//! The beat store on Redis: leader lease with fencing epoch, the atomic fire script, the
+//! last-fired record and the journal streams.
+//!
+//! Keys (prefix `celeriac:` by default):
+//! - `beat:leader`  STRING `token:epoch`, PX = lease ttl (Redis's clock decides expiry)
+//! - `beat:epoch`   counter, incremented by each new acquisition (fencing)
+//! - `beat:last`    HASH schedule -> last fired nominal instant (Unix ms)
+//! - `beat:last_message` HASH schedule -> `queue\tid\tnominal_ms` of its last message
+//! - `beat:paused`  SET of paused schedules
+//! - `beat:journal` STREAM of every decision, capped (approximately) at `journal_limit`
+//! - `beat:journal:NAME` STREAM of one schedule's non-routine decisions, capped exactly
+//! - `fire:NAME:NOMINAL_MS` STRING, PX = `remember`: "this tick fired"
+//!
+//! The fire script (`lua/fire.lua`, built on the broker's `enqueue_lua_lib`) touches the
+//! beat keys and each queue's keys, so it needs a single Redis node (not Cluster).
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use redis::{Script, Value};
+
+use super::store::{BeatStore, Claim, Fire, FireOutcome, JournalEntry, LeaderToken};
+use crate::broker::{BrokerError, RedisBroker, enqueue_lua_lib};
+
+static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/claim.lua")));
+static RESIGN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/resign.lua")));
+static FIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{}\n{}",
+        enqueue_lua_lib(),
+        include_str!("lua/fire.lua")
+    ))
+});
+
+/// Most fires sent in one script call (bounds how long Redis is busy with one call).
+pub const FIRE_CHUNK: usize = 500;
+
+/// Entries kept in the global journal stream (approximately).
+pub const DEFAULT_JOURNAL_LIMIT: usize = 10_000;
+/// Non-routine entries kept per schedule.
+pub const DEFAULT_SCHEDULE_JOURNAL_LIMIT: usize = 20;
+
+pub struct RedisBeatStore {
+    broker: Arc<RedisBroker>,
+    beat_id: String,
+    journal_limit: usize,
+    schedule_journal_limit: usize,
+}
+
+impl RedisBeatStore {
+    pub fn new(broker: Arc<RedisBroker>, beat_id: impl Into<String>) -> Self {
+        RedisBeatStore {
+            broker,
+            beat_id: beat_id.into(),
+            journal_limit: DEFAULT_JOURNAL_LIMIT,
+            schedule_journal_limit: DEFAULT_SCHEDULE_JOURNAL_LIMIT,
+        }
+    }
+
+    fn key(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.broker.prefix())
+    }
+
+    /// Pauses or resumes a schedule for every beat (survives restarts).
+    pub async fn set_paused(&self, schedule: &str, paused: bool) -> Result<(), BrokerError> {
+        let cmd = if paused { "SADD" } else { "SREM" };
+        self.broker
+            .command(redis::cmd(cmd).arg(self.key("beat:paused")).arg(schedule))
+            .await?;
+        Ok(())
+    }
+
+    /// The paused schedules.
+    pub async fn paused(&self) -> Result<Vec<String>, BrokerError> {
+        let v = self
+            .broker
+            .command(redis::cmd("SMEMBERS").arg(self.key("beat:paused")))
+            .await?;
+        Ok(strings(&v))
+    }
+
+    /// The current leader value (`token:epoch`) and its remaining lease, if any.
+    pub async fn leader(&self) -> Result<Option<(String, Duration)>, BrokerError> {
+        let key = self.key("beat:leader");
+        let v = self.broker.command(redis::cmd("GET").arg(&key)).await?;
+        let Some(value) = string(&v) else {
+            return Ok(None);
+        };
+        let ttl = self.broker.command(redis::cmd("PTTL").arg(&key)).await?;
+        let ms = int(&ttl).max(0) as u64;
+        Ok(Some((value, Duration::from_millis(ms))))
+    }
+
+    /// Queue name and message id of each schedule's last fired message.
+    pub async fn last_messages(
+        &self,
+        schedules: &[String],
+    ) -> Result<Vec<Option<(String, String)>>, BrokerError> {
+        if schedules.is_empty() {
+            return Ok(Vec::new());
+        }
+        let v = self
+            .broker
+            .command(
+                redis::cmd("HMGET")
+                    .arg(self.key("beat:last_message"))
+                    .arg(schedules),
+            )
+            .await?;
+        Ok(items(&v)
+            .iter()
+            .map(|x| {
+                string(x).and_then(|s| {
+                    let mut parts = s.split('\t');
+                    Some((parts.next()?.to_string(), parts.next()?.to_string()))
+                })
+            })
+            .collect())
+    }
+
+    async fn fire_chunk(
+        &self,
+        leader: &LeaderToken,
+        fires: &[Fire],
+    ) -> Result<Vec<FireOutcome>, BrokerError> {
+        let mut queues: Vec<&str> = Vec::new();
+        let mut queue_index: HashMap<&str, usize> = HashMap::new();
+        for f in fires {
+            let q = f.message.queue.as_str();
+            if !queue_index.contains_key(q) {
+                queue_index.insert(q, queues.len());
+                queues.push(q);
+            }
+        }
+        let mut inv = FIRE.prepare_invoke();
+        inv.key(self.key("beat:leader"))
+            .key(self.key("beat:last"))
+            .key(self.key("beat:last_message"))
+            .key(self.key("beat:paused"))
+            .key(self.key("beat:journal"));
+        for q in &queues {
+            let keys = self.broker.queue_keys(q);
+            inv.key(&keys.all()[..]);
+        }
+        inv.arg(format!("{}:{}", leader.token, leader.epoch))
+            .arg(self.broker.prefix())
+            .arg(self.journal_limit)
+            .arg(self.schedule_journal_limit)
+            .arg(&self.beat_id)
+            .arg(fires.len());
+        for f in fires {
+            let mut flags = String::new();
+            if f.overlap_skip {
+                flags.push('o');
+            }
+            if f.catch_up {
+                flags.push('c');
+            }
+            inv.arg(&f.schedule)
+                .arg(f.nominal.timestamp_millis())
+                .arg(f.remember.as_millis().max(1) as u64)
+                .arg(queue_index[f.message.queue.as_str()])
+                .arg(&f.message.queue)
+                .arg(&f.message.id)
+                .arg(f.message.priority)
+                .arg(f.message.eta.map_or(0, |t| t.timestamp_millis()))
+                .arg(f.message.to_json())
+                .arg(flags)
+                .arg(f.message.fire_id.as_deref().unwrap_or(""))
+                .arg(
+                    f.nominal
+                        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                );
+        }
+        let reply = self.broker.invoke_script(&inv).await?;
+        let rows = items(&reply);
+        if rows.len() != fires.len() {
+            return Err(BrokerError::Backend(format!(
+                "fire script returned {} outcomes for {} fires",
+                rows.len(),
+                fires.len()
+            )));
+        }
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let parts = items(row);
+                let code = parts.first().map(int).unwrap_or(-1);
+                let detail = parts.get(1).and_then(string).unwrap_or_default();
+                match code {
+                    1 => FireOutcome::Fired,
+                    2 => FireOutcome::AlreadyFired,
+                    3 => FireOutcome::SkippedOverlap { running: detail },
+                    4 => FireOutcome::Paused,
+                    _ => FireOutcome::NotLeader,
+                }
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl BeatStore for RedisBeatStore {
+    async fn claim(&self, token: &str, ttl: Duration) -> Result<Claim, BrokerError> {
+        let mut inv = CLAIM.prepare_invoke();
+        inv.key(self.key("beat:leader"))
+            .key(self.key("beat:epoch"))
+            .arg(token)
+            .arg(ttl.as_millis().max(1) as u64);
+        let reply = self.broker.invoke_script(&inv).await?;
+        let parts = items(&reply);
+        let num = |i: usize| parts.get(i).map(int).unwrap_or(0);
+        Ok(match num(0) {
+            2 => Claim::Acquired {
+                epoch: num(1) as u64,
+            },
+            1 => Claim::Renewed {
+                epoch: num(1) as u64,
+            },
+            _ => Claim::HeldByOther {
+                ttl_left: Duration::from_millis(num(2).max(0) as u64),
+            },
+        })
+    }
+
+    async fn resign(&self, token: &str) -> Result<(), BrokerError> {
+        let mut inv = RESIGN.prepare_invoke();
+        inv.key(self.key("beat:leader")).arg(token);
+        self.broker.invoke_script(&inv).await?;
+        Ok(())
+    }
+
+    async fn fire(
+        &self,
+        leader: &LeaderToken,
+        fires: &[Fire],
+    ) -> Result<Vec<FireOutcome>, BrokerError> {
+        let mut out = Vec::with_capacity(fires.len());
+        for chunk in fires.chunks(FIRE_CHUNK) {
+            let outcomes = self.fire_chunk(leader, chunk).await?;
+            let lost = outcomes.contains(&FireOutcome::NotLeader);
+            out.extend(outcomes);
+            if lost {
+                // Not the leader any more: the rest cannot fire either.
+                out.resize(fires.len(), FireOutcome::NotLeader);
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn last_fired(
+        &self,
+        schedules: &[String],
+    ) -> Result<Vec<Option<DateTime<Utc>>>, BrokerError> {
+        let mut out = Vec::with_capacity(schedules.len());
+        for chunk in schedules.chunks(10_000) {
+            let v = self
+                .broker
+                .command(redis::cmd("HMGET").arg(self.key("beat:last")).arg(chunk))
+                .await?;
+            out.extend(items(&v).iter().map(|x| {
+                string(x)
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+            }));
+        }
+        Ok(out)
+    }
+
+    async fn journal(&self, entries: &[JournalEntry]) -> Result<(), BrokerError> {
+        for e in entries {
+            let fields = journal_fields(e, &self.beat_id);
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(self.key("beat:journal"))
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.journal_limit)
+                .arg("*");
+            for (k, v) in &fields {
+                cmd.arg(*k).arg(v);
+            }
+            self.broker.command(&cmd).await?;
+            if let Some(s) = &e.schedule {
+                let mut cmd = redis::cmd("XADD");
+                cmd.arg(self.key(&format!("beat:journal:{s}")))
+                    .arg("MAXLEN")
+                    .arg(self.schedule_journal_limit)
+                    .arg("*");
+                for (k, v) in &fields {
+                    cmd.arg(*k).arg(v);
+                }
+                self.broker.command(&cmd).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_journal(
+        &self,
+        schedule: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, BrokerError> {
+        let mut entries = Vec::new();
+        match schedule {
+            None => {
+                let v = self
+                    .broker
+                    .command(
+                        redis::cmd("XREVRANGE")
+                            .arg(self.key("beat:journal"))
+                            .arg("+")
+                            .arg("-")
+                            .arg("COUNT")
+                            .arg(limit),
+                    )
+                    .await?;
+                entries.extend(parse_stream(&v));
+            }
+            Some(name) => {
+                // Non-routine decisions from the schedule's own stream, routine fires from the
+                // recent global stream.
+                let own = self
+                    .broker
+                    .command(
+                        redis::cmd("XREVRANGE")
+                            .arg(self.key(&format!("beat:journal:{name}")))
+                            .arg("+")
+                            .arg("-")
+                            .arg("COUNT")
+                            .arg(limit),
+                    )
+                    .await?;
+                entries.extend(parse_stream(&own));
+                let global = self
+                    .broker
+                    .command(
+                        redis::cmd("XREVRANGE")
+                            .arg(self.key("beat:journal"))
+                            .arg("+")
+                            .arg("-")
+                            .arg("COUNT")
+                            .arg(self.journal_limit),
+                    )
+                    .await?;
+                for e in parse_stream(&global) {
+                    if e.schedule.as_deref() == Some(name) && !entries.contains(&e) {
+                        entries.push(e);
+                    }
+                }
+                entries.sort_by_key(|e| std::cmp::Reverse(e.at));
+                entries.truncate(limit);
+            }
+        }
+        Ok(entries)
+    }
+}
+
+fn journal_fields(e: &JournalEntry, beat: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("at", e.at.timestamp_millis().to_string()),
+        ("schedule", e.schedule.clone().unwrap_or_default()),
+        ("event", e.event.clone()),
+        (
+            "nominal",
+            e.nominal
+                .map(|n| n.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+                .unwrap_or_default(),
+        ),
+        ("fire_id", e.fire_id.clone().unwrap_or_default()),
+        ("detail", e.detail.clone()),
+        (
+            "beat",
+            if e.beat.is_empty() {
+                beat.to_string()
+            } else {
+                e.beat.clone()
+            },
+        ),
+    ]
+}
+
+fn parse_stream(v: &Value) -> Vec<JournalEntry> {
+    items(v)
+        .iter()
+        .filter_map(|entry| {
+            let parts = items(entry);
+            let fields = items(parts.get(1)?);
+            let mut map: HashMap<String, String> = HashMap::new();
+            for pair in fields.chunks(2) {
+                if let [k, v] = pair {
+                    map.insert(string(k)?, string(v).unwrap_or_default());
+                }
+            }
+            let get = |k: &str| map.get(k).cloned().unwrap_or_default();
+            let at = get("at")
+                .parse::<i64>()
+                .ok()
+                .and_then(|ms| Utc.timestamp_millis_opt(ms).single())?;
+            let non_empty = |s: String| (!s.is_empty()).then_some(s);
+            Some(JournalEntry {
+                at,
+                schedule: non_empty(get("schedule")),
+                event: get("event"),
+                nominal: DateTime::parse_from_rfc3339(&get("nominal"))
+                    .ok()
+                    .map(|t| t.with_timezone(&Utc)),
+                fire_id: non_empty(get("fire_id")),
+                detail: get("detail"),
+                beat: get("beat"),
+            })
+        })
+        .collect()
+}
+
+fn items(v: &Value) -> &[Value] {
+    match v {
+        Value::Array(a) => a,
+        _ => &[],
+    }
+}
+
+fn int(v: &Value) -> i64 {
+    match v {
+        Value::Int(i) => *i,
+        Value::BulkString(b) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn string(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    items(v).iter().filter_map(string).collect()
+}
