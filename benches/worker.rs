@@ -329,6 +329,16 @@ async fn bench_drain(
     v
 }
 
+/// A worker that is killed and reaped when dropped, also when the benchmark panics.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Waits for a child and returns whether it exited 0 and the CPU seconds (user + system)
 /// it used (wait4's rusage).
 fn wait_with_usage(child: Child) -> (bool, f64) {
@@ -364,7 +374,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn bench_latency(b: &Bench, samples: usize) -> Value {
     b.flush();
     let log = b.dir.path().join("latency.log");
-    let mut child = b.worker(&["--concurrency", "4"], &log);
+    let child = Reaped(b.worker(&["--concurrency", "4"], &log));
     // Up and consuming once a first task has run.
     let first = TaskMessage::new("noop", QUEUE);
     b.broker.enqueue(&first).await.unwrap();
@@ -394,8 +404,7 @@ async fn bench_latency(b: &Bench, samples: usize) -> Value {
         let started = r.started_at.expect("started_at");
         lat.push((started - *enqueued_at).num_microseconds().unwrap() as f64 / 1000.0);
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let (p50, p90, p99, max) = (
         percentile(&lat, 0.5),
@@ -425,7 +434,7 @@ fn rss_kib(pid: u32) -> Option<(u64, u64)> {
 async fn bench_rss(b: &Bench) -> Value {
     b.flush();
     let log = b.dir.path().join("rss.log");
-    let mut child = b.worker(&[], &log);
+    let child = Reaped(b.worker(&[], &log));
     let m = TaskMessage::new("noop", QUEUE);
     b.broker.enqueue(&m).await.unwrap();
     b.broker
@@ -434,9 +443,8 @@ async fn bench_rss(b: &Bench) -> Value {
         .unwrap()
         .expect("result");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (rss, hwm) = rss_kib(child.id()).expect("worker alive");
-    let _ = child.kill();
-    let _ = child.wait();
+    let (rss, hwm) = rss_kib(child.0.id()).expect("worker alive");
+    drop(child);
     println!(
         "idle worker (default --concurrency 4) after one task: RSS {:.1} MiB (peak {:.1} MiB)",
         rss as f64 / 1024.0,
