@@ -131,6 +131,13 @@ pub struct BrokerArg {
 }
 
 #[derive(Debug, Args)]
+pub struct MetricsArg {
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
+    #[arg(long, env = "CELERIAC_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Args)]
 pub struct RootArg {
     /// Allow running as root (also CELERIAC_ALLOW_ROOT=1). Not recommended.
     #[arg(long, env = "CELERIAC_ALLOW_ROOT", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
@@ -141,6 +148,8 @@ pub struct RootArg {
 pub struct RunArgs {
     #[command(flatten)]
     pub config: ConfigArg,
+    #[command(flatten)]
+    pub metrics: MetricsArg,
     /// Number of tasks run concurrently.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
@@ -150,6 +159,8 @@ pub struct RunArgs {
 pub struct BeatArgs {
     #[command(flatten)]
     pub config: ConfigArg,
+    #[command(flatten)]
+    pub metrics: MetricsArg,
     #[command(flatten)]
     pub broker: BrokerArg,
     #[command(flatten)]
@@ -163,6 +174,8 @@ pub struct BeatArgs {
 pub struct WorkerArgs {
     #[command(flatten)]
     pub config: ConfigArg,
+    #[command(flatten)]
+    pub metrics: MetricsArg,
     #[command(flatten)]
     pub broker: BrokerArg,
     #[command(flatten)]

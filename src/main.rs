@@ -25,6 +25,7 @@ use celeriac::broker::{
 };
 use celeriac::clock::SystemClock;
 use celeriac::config::{self, ConfigErrors};
+use celeriac::notify::Notifier;
 use celeriac::schedule::{self, CronExpr, CronSchedule, IntervalSchedule, Timing};
 use celeriac::signing::SigningKey;
 use celeriac::worker::{Handlers, Worker, WorkerOptions};
@@ -218,6 +219,7 @@ async fn cmd_worker(args: cli::WorkerArgs) -> anyhow::Result<()> {
         );
     }
     let all_queues: Vec<String> = sources.iter().flat_map(|(_, q)| q.clone()).collect();
+    let queue_names = all_queues.clone();
     let mut sources = sources.into_iter();
     let (broker, queues) = sources.next().expect("at least one queue is consumed");
     let options = WorkerOptions {
@@ -227,8 +229,10 @@ async fn cmd_worker(args: cli::WorkerArgs) -> anyhow::Result<()> {
         grace: args.grace,
         lease: args.lease,
         signing: signing_key(&cfg)?,
+        notifier: Some(notifier()),
         ..WorkerOptions::default()
     };
+    start_metrics(&args.metrics)?;
     let info = celeriac::ops::WorkerInfo {
         id: options.worker_id.clone(),
         queues: all_queues,
@@ -247,7 +251,7 @@ async fn cmd_worker(args: cli::WorkerArgs) -> anyhow::Result<()> {
     }
     // Heartbeats go to the celeriac broker (a Celery-only worker has none to report to).
     let beat_stop = CancellationToken::new();
-    let heartbeat = native_broker.map(|broker| {
+    let heartbeat = native_broker.clone().map(|broker| {
         tokio::spawn(celeriac::ops::heartbeat(
             broker,
             info,
@@ -255,6 +259,15 @@ async fn cmd_worker(args: cli::WorkerArgs) -> anyhow::Result<()> {
             beat_stop.clone(),
         ))
     });
+    if let Some(b) = &native_broker {
+        tokio::spawn(report_queue_depths(
+            b.clone(),
+            queue_names.clone(),
+            beat_stop.clone(),
+        ));
+    }
+    notifier().ready(&format!("consuming {}", queue_names.join(",")));
+    notify_stopping(&signals.shutdown);
     let result = worker.run(signals.shutdown, signals.force).await;
     beat_stop.cancel();
     if let Some(h) = heartbeat {
@@ -262,6 +275,32 @@ async fn cmd_worker(args: cli::WorkerArgs) -> anyhow::Result<()> {
     }
     result.map_err(|e| anyhow!("{e}"))?;
     Ok(())
+}
+
+/// Keeps the queue-depth gauges current (every 10 s) while the worker runs.
+async fn report_queue_depths(
+    broker: Arc<RedisBroker>,
+    queues: Vec<String>,
+    stop: CancellationToken,
+) {
+    loop {
+        for q in &queues {
+            if let Ok(st) = broker.queue_stats(q).await {
+                let set = |state: &'static str, n: u64| {
+                    metrics::gauge!(celeriac::metrics::QUEUE_DEPTH, "queue" => q.clone(), "state" => state)
+                        .set(n as f64)
+                };
+                set("ready", st.ready_total());
+                set("delayed", st.delayed);
+                set("active", st.active);
+                set("dead", st.dead);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
 }
 
 async fn cmd_run(args: cli::RunArgs) -> anyhow::Result<()> {
@@ -814,7 +853,57 @@ async fn cmd_dead_letters(args: cli::DeadLettersArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// systemd notifications, set up once in `main` from NOTIFY_SOCKET / WATCHDOG_USEC.
+static NOTIFIER: std::sync::OnceLock<Arc<Notifier>> = std::sync::OnceLock::new();
+
+fn notifier() -> Arc<Notifier> {
+    NOTIFIER
+        .get_or_init(|| Arc::new(Notifier::disabled()))
+        .clone()
+}
+
+/// Reads and unsets the systemd notification variables, so task commands do not inherit
+/// them. Must run before any thread is started.
+fn take_systemd_env() -> Notifier {
+    let socket = std::env::var_os("NOTIFY_SOCKET");
+    let pid_ok = std::env::var("WATCHDOG_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_none_or(|p| p == std::process::id());
+    let watchdog = std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|u| u.parse::<u64>().ok())
+        .filter(|_| pid_ok)
+        .map(Duration::from_micros);
+    // SAFETY: called at the start of main, before any other thread exists.
+    unsafe {
+        std::env::remove_var("NOTIFY_SOCKET");
+        std::env::remove_var("WATCHDOG_USEC");
+        std::env::remove_var("WATCHDOG_PID");
+    }
+    Notifier::new(socket, watchdog)
+}
+
+/// Starts the Prometheus exporter when asked for.
+fn start_metrics(arg: &cli::MetricsArg) -> anyhow::Result<()> {
+    if let Some(addr) = arg.metrics_addr {
+        celeriac::metrics::install(addr).map_err(|e| anyhow!(e))?;
+        tracing::info!(%addr, "serving Prometheus metrics");
+    }
+    Ok(())
+}
+
+/// Tells systemd STOPPING=1 as soon as shutdown begins.
+fn notify_stopping(shutdown: &CancellationToken) {
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        token.cancelled().await;
+        notifier().stopping();
+    });
+}
+
 fn main() -> ExitCode {
+    let _ = NOTIFIER.set(Arc::new(take_systemd_env()));
     let cli = Cli::parse();
     init_tracing(&cli.log, cli.log_format);
     match dispatch(cli.command) {

@@ -55,6 +55,8 @@ pub struct WorkerOptions {
     pub output_limit: usize,
     /// When set, only messages signed with this key run; others are dead-lettered.
     pub signing: Option<crate::signing::SigningKey>,
+    /// systemd notifications: the reserve loops ping the watchdog and report status.
+    pub notifier: Option<Arc<crate::notify::Notifier>>,
 }
 
 impl Default for WorkerOptions {
@@ -69,6 +71,7 @@ impl Default for WorkerOptions {
             reserve_wait: Duration::from_secs(1),
             output_limit: command::DEFAULT_OUTPUT_LIMIT,
             signing: None,
+            notifier: None,
         }
     }
 }
@@ -358,9 +361,16 @@ async fn consume(
             drop(permit);
         });
     };
+    // An idle loop must come around often enough to feed the systemd watchdog.
+    let reserve_wait = match opts.notifier.as_ref().and_then(|n| n.watchdog_every()) {
+        Some(every) => opts.reserve_wait.min(every),
+        None => opts.reserve_wait,
+    };
     let mut backoff = Backoff::new();
     let mut idle = false;
+    let mut last_status = tokio::time::Instant::now();
     let exit = loop {
+        pulse(&shared, &counters, &pool, &mut last_status);
         while let Some(joined) = tasks.try_join_next() {
             log_join(joined);
         }
@@ -374,9 +384,7 @@ async fn consume(
             if pool.budget.claim(1) == 0 {
                 break Ok(WorkerExit::MaxTasks);
             }
-            let reserved = broker
-                .reserve(&queues, 1, opts.lease, opts.reserve_wait)
-                .await;
+            let reserved = broker.reserve(&queues, 1, opts.lease, reserve_wait).await;
             let delivery = match reserved {
                 Ok(mut d) if !d.is_empty() => {
                     backoff.succeeded("reserve");
@@ -399,9 +407,13 @@ async fn consume(
             held.lock()
                 .expect("held map poisoned")
                 .insert(delivery.lease.id.clone(), delivery.lease.clone());
-            let permit = tokio::select! {
-                p = semaphore.clone().acquire_owned() => Some(p.expect("semaphore never closed")),
-                _ = shutdown.cancelled() => None,
+            let permit = loop {
+                tokio::select! {
+                    p = semaphore.clone().acquire_owned() => break Some(p.expect("semaphore never closed")),
+                    _ = shutdown.cancelled() => break None,
+                    // All slots busy for long: keep the watchdog fed while waiting.
+                    _ = pulse_wait(&shared) => pulse(&shared, &counters, &pool, &mut last_status),
+                }
             };
             match permit {
                 Some(permit) => spawn(&mut tasks, delivery, permit),
@@ -423,6 +435,11 @@ async fn consume(
                 pool.budget.refund(budget);
                 break Ok(WorkerExit::Shutdown);
             }
+            // All slots busy for long: loop around to feed the watchdog.
+            _ = pulse_wait(&shared) => {
+                pool.budget.refund(budget);
+                continue;
+            }
         };
         if semaphore.available_permits() + 1 < opts.concurrency.min(budget) {
             // Tasks that have just finished may not have returned their permits yet: let
@@ -441,7 +458,7 @@ async fn consume(
         // Not raced against shutdown: an in-flight reserve is short (reserve_wait) and
         // cancelling it could strand messages until their lease runs out.
         let reserved = broker
-            .reserve(&queues, want, opts.lease, opts.reserve_wait)
+            .reserve(&queues, want, opts.lease, reserve_wait)
             .await;
         let deliveries = match reserved {
             Ok(d) => {
@@ -838,7 +855,79 @@ where
     }
 }
 
+/// Feeds the systemd watchdog from the reserve loop, and refreshes the status line at most
+/// once a second.
+fn pulse(
+    shared: &Shared,
+    counters: &WorkerCounters,
+    pool: &Pool,
+    last_status: &mut tokio::time::Instant,
+) {
+    let running = shared.options.concurrency - pool.semaphore.available_permits();
+    metrics::gauge!(crate::metrics::RUNNING).set(running as f64);
+    let Some(n) = &shared.options.notifier else {
+        return;
+    };
+    n.watchdog_tick();
+    if last_status.elapsed() >= Duration::from_secs(1) {
+        *last_status = tokio::time::Instant::now();
+        n.status(&format!(
+            "{running}/{} running, {} done, {} failed",
+            shared.options.concurrency,
+            WorkerCounters::get(&counters.succeeded),
+            WorkerCounters::get(&counters.failed)
+        ));
+    }
+}
+
+/// Resolves after the watchdog interval (never without a watchdog).
+async fn pulse_wait(shared: &Shared) {
+    match shared
+        .options
+        .notifier
+        .as_ref()
+        .and_then(|n| n.watchdog_every())
+    {
+        Some(every) => tokio::time::sleep(every).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Counts an outcome in the metrics.
+fn record_outcome(lease: &Lease, outcome: &Outcome) {
+    use crate::metrics as m;
+    let task = match outcome {
+        Outcome::Succeeded(r) | Outcome::Expired(r) => r.task.clone(),
+        Outcome::Failed { result, .. } => result.task.clone(),
+        Outcome::Rejected { result, .. } => result
+            .as_ref()
+            .map_or_else(|| "(undecodable)".to_string(), |r| r.task.clone()),
+        Outcome::Cancelled => "(cancelled)".to_string(),
+    };
+    metrics::counter!(m::TASKS, "task" => task.clone(), "outcome" => outcome.label()).increment(1);
+    match outcome {
+        Outcome::Succeeded(r) | Outcome::Failed { result: r, .. } => {
+            if let Some(start) = r.started_at {
+                let secs = (r.finished_at - start).num_microseconds().unwrap_or(0) as f64 / 1e6;
+                metrics::histogram!(m::TASK_DURATION, "task" => task.clone()).record(secs.max(0.0));
+            }
+            if let Outcome::Failed { retry_in, .. } = outcome {
+                if retry_in.is_some() {
+                    metrics::counter!(m::RETRIES, "task" => task).increment(1);
+                } else {
+                    metrics::counter!(m::DEAD_LETTERS, "queue" => lease.queue.clone()).increment(1);
+                }
+            }
+        }
+        Outcome::Rejected { .. } => {
+            metrics::counter!(m::DEAD_LETTERS, "queue" => lease.queue.clone()).increment(1)
+        }
+        _ => {}
+    }
+}
+
 fn log_outcome(lease: &Lease, outcome: &Outcome) {
+    record_outcome(lease, outcome);
     match outcome {
         Outcome::Succeeded(r) => tracing::info!(
             task = %r.task,

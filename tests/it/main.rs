@@ -6,6 +6,7 @@ mod broker_redis;
 mod celery;
 mod cli;
 mod config;
+mod observe;
 mod ops;
 mod redis_server;
 mod schedule;
