@@ -320,22 +320,42 @@ async fn cmd_run(args: cli::RunArgs) -> anyhow::Result<()> {
     let broker = MemoryBroker::new();
     let store = Arc::new(MemoryBeatStore::new(broker.clone()));
     let reloads = reload::spawn(path.clone(), signals.reload, signals.shutdown.clone());
+    let (reloads, config_watch) = reload::observe(reloads, cfg.clone());
+    // Ticks of `protocol: celery` queues go to their Celery app; the worker runs the rest.
+    tokio::spawn(celeriac::celery::forward::forward_while_running(
+        Arc::new(broker.clone()),
+        config_watch,
+        signals.shutdown.clone(),
+    ));
+    start_metrics(&args.metrics)?;
+    // One process, two loops: both ping the watchdog, the beat's status is the one shown.
     let beat = Beat::new(
         cfg.clone(),
         store,
         Arc::new(SystemClock),
-        BeatOptions::default(),
+        BeatOptions {
+            notifier: Some(notifier()),
+            signing: signing_key(&cfg)?.map(Arc::new),
+            ..BeatOptions::default()
+        },
     );
     let worker = Worker::new(
         cfg.clone(),
         Arc::new(broker),
         Handlers::new(),
         WorkerOptions {
-            queues: cfg.queues.keys().cloned().collect(),
+            queues: cfg
+                .queues
+                .iter()
+                .filter(|(_, q)| !q.is_celery())
+                .map(|(name, _)| name.clone())
+                .collect(),
             concurrency: args.concurrency,
+            signing: signing_key(&cfg)?,
             ..WorkerOptions::default()
         },
     );
+    notify_stopping(&signals.shutdown);
     tracing::info!(
         config = %path.display(),
         summary = %cfg.summary(),
@@ -375,14 +395,32 @@ async fn cmd_beat(args: cli::BeatArgs) -> anyhow::Result<()> {
         Err(e) => return Err(usage(format!("{e}"))),
     };
     tracing::info!(broker = %shown, summary = %cfg.summary(), "connected");
+    start_metrics(&args.metrics)?;
     let beat_options = BeatOptions {
         lease_ttl: args.lease_ttl,
+        notifier: Some(notifier()),
+        signing: signing_key(&cfg)?.map(Arc::new),
         ..BeatOptions::default()
     };
-    let store = Arc::new(RedisBeatStore::new(broker, beat_options.beat_id.clone()));
+    let store = Arc::new(RedisBeatStore::new(
+        broker.clone(),
+        beat_options.beat_id.clone(),
+    ));
     let reloads = reload::spawn(path, signals.reload, signals.shutdown.clone());
+    // Every beat (leader or standby) forwards fired ticks of `protocol: celery` queues from
+    // the outbox to their Celery app (see celeriac::celery::forward).
+    let (reloads, config_watch) = reload::observe(reloads, cfg.clone());
+    let forwarder = tokio::spawn(celeriac::celery::forward::forward_while_running(
+        broker,
+        config_watch,
+        signals.shutdown.clone(),
+    ));
     let beat = Beat::new(cfg, store, Arc::new(SystemClock), beat_options);
-    beat.run(signals.shutdown, reloads).await?;
+    notify_stopping(&signals.shutdown);
+    let result = beat.run(signals.shutdown.clone(), reloads).await;
+    signals.shutdown.cancel();
+    let _ = forwarder.await;
+    result?;
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! and the worker record unconditionally. The text exposition format is the exporter's.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
@@ -37,6 +38,13 @@ pub const DEAD_LETTERS: &str = "celeriac_dead_letters_total";
 /// Gauge: tasks running in this worker.
 pub const RUNNING: &str = "celeriac_worker_running";
 
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Whether an exporter is installed: hot paths skip building per-schedule labels otherwise.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
 /// Starts the exporter: `GET http://ADDR/metrics` (any path) serves the text format.
 /// Must be called from within a tokio runtime.
 pub fn install(addr: SocketAddr) -> Result<(), String> {
@@ -55,5 +63,7 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
         })
         .map_err(|e| e.to_string())?
         .install()
-        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
+        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+    ENABLED.store(true, Ordering::Relaxed);
+    Ok(())
 }

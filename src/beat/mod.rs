@@ -33,6 +33,8 @@ use self::store::{BeatStore, Claim, Fire, FireOutcome, JournalEntry, LeaderToken
 use crate::broker::{BrokerError, TaskMessage};
 use crate::clock::Clock;
 use crate::config::{self, Config, Expires, Overlap, ScheduleConfig};
+use crate::metrics as m;
+use crate::notify::Notifier;
 use crate::schedule::Timing;
 
 /// How a beat runs.
@@ -44,6 +46,12 @@ pub struct BeatOptions {
     pub beat_id: String,
     /// Most ticks popped from the agenda per wave (the rest follow immediately).
     pub wave_limit: usize,
+    /// systemd notifications: READY once running, WATCHDOG from the loop (a stuck loop stops
+    /// the pings), RELOADING/READY around reloads, STATUS with [`BeatStatus::summary`].
+    pub notifier: Option<Arc<Notifier>>,
+    /// Signs every fired message (HMAC-SHA256, `signing_key_file`): workers with the key
+    /// dead-letter unsigned and badly signed messages.
+    pub signing: Option<Arc<crate::signing::SigningKey>>,
 }
 
 impl Default for BeatOptions {
@@ -52,6 +60,8 @@ impl Default for BeatOptions {
             lease_ttl: Duration::from_secs(10),
             beat_id: default_beat_id(),
             wave_limit: 100_000,
+            notifier: None,
+            signing: None,
         }
     }
 }
@@ -183,11 +193,24 @@ impl Beat {
             lease_ttl = ?self.options.lease_ttl,
             "beat started"
         );
+        let mut ready = false;
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
+            // Pinged from the loop that does the work: a loop stuck anywhere (a hung store
+            // call, a busy wave) stops the pings and systemd restarts the beat.
+            if let Some(n) = &self.options.notifier {
+                n.watchdog_tick();
+            }
             self.upkeep_lease().await;
+            if !ready {
+                // Configuration loaded, broker connected, first claim answered.
+                ready = true;
+                if let Some(n) = &self.options.notifier {
+                    n.ready(&self.status.borrow().summary());
+                }
+            }
             if self.is_firing() {
                 self.fire_due().await;
             }
@@ -200,10 +223,18 @@ impl Beat {
             } else {
                 None
             };
-            let mono_wake = match &self.leader {
+            let mut mono_wake = match &self.leader {
                 Some(l) => l.next_renew.min(l.valid_until),
                 None => self.next_claim,
             };
+            if let Some(every) = self
+                .options
+                .notifier
+                .as_ref()
+                .and_then(|n| n.watchdog_every())
+            {
+                mono_wake = mono_wake.min(Instant::now() + every);
+            }
             let clock = self.clock.clone();
             let sleep_wall = async move {
                 match wall_wake {
@@ -215,10 +246,17 @@ impl Beat {
                 _ = sleep_wall => {}
                 _ = tokio::time::sleep_until(mono_wake) => {}
                 new = reloads.recv() => match new {
-                    Some(reload::ReloadEvent::Changed(cfg)) => self.apply_reload(cfg).await,
+                    Some(reload::ReloadEvent::Changed(cfg)) => {
+                        self.notify_reloading();
+                        self.apply_reload(cfg).await;
+                        self.notify_reloaded();
+                    }
                     Some(reload::ReloadEvent::Rejected(errors)) => {
+                        self.notify_reloading();
+                        metrics::counter!(m::RELOADS, "result" => "rejected").increment(1);
                         let detail = errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
                         self.journal(vec![JournalEntry::new("reload_rejected", None, detail)]).await;
+                        self.notify_reloaded();
                     }
                     None => {
                         // No reload source any more; keep running on the current config.
@@ -258,6 +296,34 @@ impl Beat {
             s.epoch = self.leader.as_ref().map_or(0, |l| l.token.epoch);
             s.schedules = self.running.len();
         });
+        let s = self.status.borrow();
+        metrics::gauge!(m::LEADER).set(if s.leader { 1.0 } else { 0.0 });
+        metrics::gauge!(m::EPOCH).set(s.epoch as f64);
+        metrics::gauge!(m::SCHEDULES).set(s.schedules as f64);
+        if let Some(n) = &self.options.notifier {
+            n.status(&s.summary());
+        }
+    }
+
+    fn notify_reloading(&self) {
+        if let Some(n) = &self.options.notifier {
+            n.reloading();
+        }
+    }
+
+    /// READY=1 again after a reload (applied or rejected), with the current status.
+    fn notify_reloaded(&self) {
+        if let Some(n) = &self.options.notifier {
+            n.ready(&self.status.borrow().summary());
+        }
+    }
+
+    /// Counts ticks the misfire policy dropped.
+    fn count_misfires(&self, schedule: &str, n: u64) {
+        self.status.send_modify(|s| s.misfired += n);
+        if m::enabled() {
+            metrics::counter!(m::MISFIRES, "schedule" => schedule.to_string()).increment(n);
+        }
     }
 
     fn margin(&self) -> Duration {
@@ -406,8 +472,7 @@ impl Beat {
                 e.nominal = plan.dropped_last;
                 tracing::warn!(schedule = %name, dropped = plan.dropped, "missed ticks dropped by misfire policy");
                 entries.push(e);
-                self.status
-                    .send_modify(|s| s.misfired += plan.dropped as u64);
+                self.count_misfires(name, plan.dropped as u64);
             }
             for nominal in plan.fire {
                 fires.push(self.build_fire(r, nominal, now, true));
@@ -447,6 +512,10 @@ impl Beat {
             Expires::Never => None,
             Expires::After(d) => chrono::Duration::from_std(d).ok().map(|d| nominal + d),
         };
+        if let Some(key) = &self.options.signing {
+            // Last: the signature covers everything above.
+            key.sign(&mut m);
+        }
         Fire {
             schedule: cfg.name.clone(),
             nominal,
@@ -494,11 +563,11 @@ impl Beat {
                     e.nominal = Some(d.nominal);
                     e.fire_id = Some(fire_id(&d.name, d.nominal));
                     tracing::warn!(schedule = %d.name, nominal = %d.nominal, "tick too late; dropped");
+                    self.count_misfires(&d.name, 1);
                     late.push(e);
                 }
             }
             if !late.is_empty() {
-                self.status.send_modify(|s| s.misfired += late.len() as u64);
                 self.journal(late).await;
             }
             self.send_fires(fires).await;
@@ -520,6 +589,8 @@ impl Beat {
         match self.store.fire(&token, &fires).await {
             Ok(outcomes) => {
                 self.broker_up();
+                let published = self.clock.now();
+                let record = m::enabled();
                 let mut lost = false;
                 let mut fired = 0u64;
                 let mut skipped = 0u64;
@@ -541,6 +612,13 @@ impl Beat {
                             if last.as_ref().is_none_or(|(_, t)| f.nominal >= *t) {
                                 last = Some((f.schedule.clone(), f.nominal));
                             }
+                            if record {
+                                let late = (published - f.nominal).num_microseconds().unwrap_or(0);
+                                metrics::histogram!(m::FIRE_LATENESS)
+                                    .record(late.max(0) as f64 / 1e6);
+                                metrics::counter!(m::FIRES, "schedule" => f.schedule.clone())
+                                    .increment(1);
+                            }
                         }
                         FireOutcome::AlreadyFired => {
                             tracing::debug!(schedule = %f.schedule, fire_id = fid, "already fired")
@@ -551,10 +629,16 @@ impl Beat {
                                 schedule = %f.schedule, fire_id = fid, running = %running,
                                 "skipped: previous run still queued or running"
                             );
+                            if record {
+                                metrics::counter!(m::SKIPS, "schedule" => f.schedule.clone(), "reason" => "overlap").increment(1);
+                            }
                         }
                         FireOutcome::Paused => {
                             skipped += 1;
-                            tracing::info!(schedule = %f.schedule, fire_id = fid, "skipped: paused")
+                            tracing::info!(schedule = %f.schedule, fire_id = fid, "skipped: paused");
+                            if record {
+                                metrics::counter!(m::SKIPS, "schedule" => f.schedule.clone(), "reason" => "paused").increment(1);
+                            }
                         }
                         FireOutcome::NotLeader => lost = true,
                     }
@@ -566,6 +650,7 @@ impl Beat {
                         s.last_fire = last;
                     }
                 });
+                self.publish_status();
                 if lost {
                     self.leader = None;
                     self.next_claim = Instant::now();
@@ -673,6 +758,7 @@ impl Beat {
     async fn apply_reload(&mut self, config: Arc<Config>) {
         let (added, changed, removed) = self.install(config);
         self.status.send_modify(|s| s.reloads += 1);
+        metrics::counter!(m::RELOADS, "result" => "applied").increment(1);
         self.publish_status();
         let detail = format!(
             "added [{}], changed [{}], removed [{}]",

@@ -146,3 +146,28 @@ pub fn spawn(
     });
     rx
 }
+
+/// Passes reload events on unchanged and, beside them, keeps a watch of the configuration in
+/// force (`initial`, then every applied reload): for the parts of a daemon other than the
+/// beat that follow the configuration (the Celery forwarder).
+pub fn observe(
+    mut events: mpsc::Receiver<ReloadEvent>,
+    initial: Arc<Config>,
+) -> (
+    mpsc::Receiver<ReloadEvent>,
+    tokio::sync::watch::Receiver<Arc<Config>>,
+) {
+    let (tx, rx) = mpsc::channel(4);
+    let (config_tx, config_rx) = tokio::sync::watch::channel(initial);
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            if let ReloadEvent::Changed(cfg) = &event {
+                config_tx.send_replace(cfg.clone());
+            }
+            if tx.send(event).await.is_err() {
+                return;
+            }
+        }
+    });
+    (rx, config_rx)
+}

@@ -36,6 +36,7 @@
 //! both ways (see [`protocol::kombu_priority`]), which keeps the order.
 
 pub mod consume;
+pub mod forward;
 pub mod import;
 pub mod protocol;
 pub mod publish;

@@ -133,6 +133,16 @@ impl CeleryPublisher {
         })
     }
 
+    /// A publisher that connects on first use (and reconnects with backoff): for daemons
+    /// that must start while the Celery broker is down.
+    pub fn lazy(queue: &CeleryQueue) -> Result<Self, BrokerError> {
+        Ok(CeleryPublisher {
+            link: super::link(&queue.broker)?,
+            queue: queue.clone(),
+            dedupe_ttl: DEFAULT_DEDUPE_TTL,
+        })
+    }
+
     /// The queue's keys.
     pub fn keys(&self) -> KombuKeys {
         KombuKeys::new(&self.queue)

@@ -1291,3 +1291,217 @@ fn publish_lua_pushes_into_another_database_once_per_tick() {
     let stray: Option<String> = celery_db.get("celeriac:fire:s").unwrap();
     assert_eq!(stray, None);
 }
+
+// ----- celeriac beat -> Celery workers ---------------------------------------------------
+
+/// Two `celeriac beat`s on the celeriac Redis (db 0) fire a 1 s schedule on a `protocol:
+/// celery` queue (the Celery app's Redis, db 1); an unmodified `celery worker` runs it. One
+/// beat is SIGKILLed half-way (the other takes over). Every tick in the window ran exactly once,
+/// with the schedule's arguments, its fire_id in the headers, and nothing is left in the outbox.
+#[test]
+fn celery_worker_runs_every_beat_tick_exactly_once() {
+    let _python = python();
+    let env = Env::new();
+    env.write_app();
+    let config = env.path("beat.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "timezone: Asia/Shanghai\nqueues:\n  celery:\n    protocol: celery\n    broker: {}\n    \
+             backend: {}\ntasks:\n  noop: {{builtin: noop}}\nschedules:\n  cal-every:\n    \
+             task: data_handle.cal\n    every: 1s\n    args: [2, 3]\n    queue: celery\n",
+            env.url(1),
+            env.url(2)
+        ),
+    )
+    .unwrap();
+    let beat = |n: u32| {
+        let log = std::fs::File::create(env.path(&format!("beat{n}.log"))).unwrap();
+        Guard(
+            celeriac()
+                .args(["beat", "--allow-root", "--lease-ttl", "3s", "-c"])
+                .arg(&config)
+                .arg("--broker")
+                .arg(env.url(0))
+                .env("CELERIAC_LOG", "info")
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start beat"),
+        )
+    };
+    let _worker = env.celery_worker();
+    let mut first = beat(1);
+    let _second = beat(2);
+    let logs = || {
+        format!(
+            "runs: {:?}\nbeat1:\n{}\nbeat2:\n{}\ncelery:\n{}",
+            env.lines("runs.jsonl"),
+            env.log("beat1.log"),
+            env.log("beat2.log"),
+            env.log("celery-worker.log")
+        )
+    };
+    wait_for(Duration::from_secs(60), logs, || {
+        env.lines("runs.jsonl").len() >= 4
+    });
+    // Kill whichever beat; if it was the leader, the other takes over within the lease ttl.
+    first.kill();
+    let after_kill = env.lines("runs.jsonl").len();
+    wait_for(Duration::from_secs(60), logs, || {
+        env.lines("runs.jsonl").len() >= after_kill + 5
+    });
+    // Remove the schedule (hot reload): the beat stops firing and forwards what is left.
+    std::fs::write(
+        &config,
+        format!(
+            "timezone: Asia/Shanghai\nqueues:\n  celery:\n    protocol: celery\n    broker: {}\n    \
+             backend: {}\ntasks:\n  noop: {{builtin: noop}}\n",
+            env.url(1),
+            env.url(2)
+        ),
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(20), logs, || {
+        env.log("beat2.log").contains("reload applied")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+
+    let runs: Vec<Value> = env
+        .lines("runs.jsonl")
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut ticks: Vec<chrono::DateTime<chrono::Utc>> = runs
+        .iter()
+        .map(|r| {
+            assert_eq!(
+                (r["x"].as_i64(), r["y"].as_i64()),
+                (Some(2), Some(3)),
+                "{r}"
+            );
+            let fire_id = r["fire_id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no fire_id: {r}"));
+            let at = fire_id
+                .strip_prefix("cal-every@")
+                .expect("fire_id names the schedule");
+            chrono::DateTime::parse_from_rfc3339(at).unwrap().to_utc()
+        })
+        .collect();
+    ticks.sort();
+    let n = ticks.len();
+    ticks.dedup();
+    assert_eq!(ticks.len(), n, "a tick ran twice: {runs:?}");
+    // Consecutive ticks, except across the kill: a gap there is what the misfire policy
+    // (`latest` within grace) allows, never a double.
+    let gaps = ticks
+        .windows(2)
+        .filter(|w| w[1] - w[0] != chrono::Duration::seconds(1))
+        .count();
+    assert!(
+        gaps <= 1,
+        "ticks lost outside the failover: {ticks:?}\n{}",
+        logs()
+    );
+    // Nothing left in the outbox (celeriac queue `celery` on db 0).
+    let mut native = env.db(0);
+    let keys: Vec<String> = native.keys("*{q:celery}*").unwrap();
+    for k in keys
+        .iter()
+        .filter(|k| k.ends_with(":ready") || k.ends_with(":active"))
+    {
+        let n: u64 = native.zcard(k).unwrap();
+        assert_eq!(n, 0, "{k} still holds {n} message(s)\n{}", logs());
+    }
+}
+
+/// The outbox forwarder: a tick pushed by a forwarder that died before its ack comes back
+/// after the lease and is acked without a second push; while the Celery broker is down the
+/// message waits in the outbox, and goes out once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarder_pushes_each_tick_once_and_keeps_it_while_celery_is_down() {
+    use celeriac::broker::{Broker, RedisBroker, RedisBrokerOptions};
+    use celeriac::celery::forward::Forwarder;
+    let env = Env::new();
+    let outbox: std::sync::Arc<dyn Broker> = std::sync::Arc::new(
+        RedisBroker::connect(&env.url(0), RedisBrokerOptions::default())
+            .await
+            .unwrap(),
+    );
+    let queue = env.queue();
+    let tick = TaskMessage::new("data_handle.cal", "celery")
+        .with_args(json!([1, 2]))
+        .with_fire("cal", "cal@2026-01-01T00:00:00Z");
+    outbox.enqueue(&tick).await.unwrap();
+    // A forwarder takes it, pushes it, and dies before acking.
+    let taken = outbox
+        .reserve(
+            &["celery".to_string()],
+            10,
+            Duration::from_millis(300),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    let publisher = CeleryPublisher::connect(&queue).await.unwrap();
+    assert_eq!(
+        publisher
+            .publish(std::slice::from_ref(&tick))
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Another forwarder finds it again once the lease ran out: acked, not pushed twice.
+    let mut forwarder = Forwarder::new(outbox.clone(), vec![("celery".into(), queue.clone())])
+        .unwrap()
+        .with_lease(Duration::from_secs(5));
+    assert_eq!(forwarder.round().await.unwrap(), 1);
+    let mut kombu = env.db(1);
+    let lists = publisher.keys().lists().to_vec();
+    let mut pushed =
+        move || -> u64 { lists.iter().map(|l| kombu.llen::<_, u64>(l).unwrap()).sum() };
+    assert_eq!(pushed(), 1, "pushed twice");
+    let stats = outbox.queue_stats("celery").await.unwrap();
+    assert_eq!((stats.ready_total(), stats.active), (0, 0));
+
+    // The Celery broker unreachable: the round fails, the message stays in the outbox.
+    let dead = CeleryQueue {
+        broker: format!("redis://127.0.0.1:{}/1", free_port()),
+        ..queue.clone()
+    };
+    let second =
+        TaskMessage::new("data_handle.cal", "celery").with_fire("cal", "cal@2026-01-01T00:00:01Z");
+    outbox.enqueue(&second).await.unwrap();
+    let mut down = Forwarder::new(outbox.clone(), vec![("celery".into(), dead)]).unwrap();
+    assert!(down.round().await.is_err());
+    let stats = outbox.queue_stats("celery").await.unwrap();
+    assert_eq!(
+        stats.ready_total(),
+        1,
+        "released back to the outbox: {stats:?}"
+    );
+    // Back up (here: the right URL): published.
+    assert_eq!(forwarder.round().await.unwrap(), 1);
+    assert_eq!(pushed(), 2);
+
+    // An undecodable outbox entry is dead-lettered with the reason, not retried forever.
+    let memory = celeriac::broker::memory::MemoryBroker::new();
+    assert!(
+        memory
+            .enqueue_raw("celery", "junk", 5, b"{not json".to_vec())
+            .unwrap()
+    );
+    let mut f = Forwarder::new(
+        std::sync::Arc::new(memory.clone()),
+        vec![("celery".into(), queue)],
+    )
+    .unwrap();
+    assert_eq!(f.round().await.unwrap(), 0);
+    let dead = memory.dead_letters("celery", 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].reason.contains("undecodable"), "{dead:?}");
+    assert_eq!(pushed(), 2);
+}
