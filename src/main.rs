@@ -808,6 +808,12 @@ async fn cmd_why(args: cli::NameArgs) -> anyhow::Result<()> {
     };
     println!("state:      {state}");
     println!("last fired: {}", fmt_time(s.last_fired, tz));
+    if s.last_tick.is_some() && s.last_tick != s.last_fired {
+        println!(
+            "last tick:  {} (not fired: see the journal below)",
+            fmt_time(s.last_tick, tz)
+        );
+    }
     if let Some(id) = &s.last_message {
         let result = report
             .last_result

@@ -43,9 +43,41 @@ pub struct ScheduleInfo {
     pub queue: String,
     pub enabled: bool,
     pub paused: bool,
+    /// The nominal instant of the last tick that enqueued a message.
     pub last_fired: Option<DateTime<Utc>>,
+    /// The last tick decided, whether fired or skipped (overlap, paused).
+    #[serde(default)]
+    pub last_tick: Option<DateTime<Utc>>,
     pub last_message: Option<String>,
     pub next: Option<DateTime<Utc>>,
+}
+
+impl ScheduleInfo {
+    fn new(
+        s: &crate::config::ScheduleConfig,
+        paused: bool,
+        last_tick: Option<DateTime<Utc>>,
+        last_message: Option<crate::beat::redis_store::LastMessage>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        ScheduleInfo {
+            name: s.name.clone(),
+            timing: describe(&s.timing),
+            timezone: s.timezone.name().to_string(),
+            task: s.task.clone(),
+            queue: s.queue.clone(),
+            enabled: s.enabled,
+            paused,
+            last_fired: last_message.as_ref().and_then(|m| m.nominal),
+            last_tick,
+            last_message: last_message.map(|m| m.id),
+            next: if s.enabled {
+                s.timing.next_after(now)
+            } else {
+                None
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -112,22 +144,7 @@ pub async fn status(
         .values()
         .zip(last)
         .zip(last_msg)
-        .map(|((s, last), msg)| ScheduleInfo {
-            name: s.name.clone(),
-            timing: describe(&s.timing),
-            timezone: s.timezone.name().to_string(),
-            task: s.task.clone(),
-            queue: s.queue.clone(),
-            enabled: s.enabled,
-            paused: paused.contains(&s.name),
-            last_fired: last,
-            last_message: msg.map(|(_, id)| id),
-            next: if s.enabled {
-                s.timing.next_after(now)
-            } else {
-                None
-            },
-        })
+        .map(|((s, last), msg)| ScheduleInfo::new(s, paused.contains(&s.name), last, msg, now))
         .collect();
     let mut queues = Vec::new();
     for name in config.queues.keys() {
@@ -327,26 +344,11 @@ pub async fn why(
     let last_msg = store.last_messages(&names).await?.pop().flatten();
     let paused = store.paused().await?.contains(&cfg.name);
     let last_result = match &last_msg {
-        Some((_, id)) => broker.get_result(id).await?.map(|r| r.status),
+        Some(m) => broker.get_result(&m.id).await?.map(|r| r.status),
         None => None,
     };
     Ok(Some(WhyReport {
-        schedule: ScheduleInfo {
-            name: cfg.name.clone(),
-            timing: describe(&cfg.timing),
-            timezone: cfg.timezone.name().to_string(),
-            task: cfg.task.clone(),
-            queue: cfg.queue.clone(),
-            enabled: cfg.enabled,
-            paused,
-            last_fired: last,
-            last_message: last_msg.map(|(_, id)| id),
-            next: if cfg.enabled {
-                cfg.timing.next_after(now)
-            } else {
-                None
-            },
-        },
+        schedule: ScheduleInfo::new(cfg, paused, last, last_msg, now),
         last_result,
         journal: store.read_journal(Some(name), limit).await?,
     }))

@@ -43,6 +43,15 @@ pub const DEFAULT_JOURNAL_LIMIT: usize = 10_000;
 /// Non-routine entries kept per schedule.
 pub const DEFAULT_SCHEDULE_JOURNAL_LIMIT: usize = 20;
 
+/// The message a schedule last enqueued (its last actual fire).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastMessage {
+    pub queue: String,
+    pub id: String,
+    /// The nominal instant of the tick it was fired for.
+    pub nominal: Option<DateTime<Utc>>,
+}
+
 pub struct RedisBeatStore {
     broker: Arc<RedisBroker>,
     beat_id: String,
@@ -98,7 +107,7 @@ impl RedisBeatStore {
     pub async fn last_messages(
         &self,
         schedules: &[String],
-    ) -> Result<Vec<Option<(String, String)>>, BrokerError> {
+    ) -> Result<Vec<Option<LastMessage>>, BrokerError> {
         if schedules.is_empty() {
             return Ok(Vec::new());
         }
@@ -115,7 +124,14 @@ impl RedisBeatStore {
             .map(|x| {
                 string(x).and_then(|s| {
                     let mut parts = s.split('\t');
-                    Some((parts.next()?.to_string(), parts.next()?.to_string()))
+                    Some(LastMessage {
+                        queue: parts.next()?.to_string(),
+                        id: parts.next()?.to_string(),
+                        nominal: parts
+                            .next()
+                            .and_then(|ms| ms.parse::<i64>().ok())
+                            .and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
+                    })
                 })
             })
             .collect())

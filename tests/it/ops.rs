@@ -2,57 +2,14 @@
 //! `resume`, `trigger`, `why`, `workers`, `dead-letters`; JSON logs parse line by line; a
 //! broker password never appears in any output.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::redis_server::{RedisOptions, RedisServer, free_port};
-use crate::util::celeriac;
+use crate::util::{Daemon, celeriac};
 
 const PASSWORD: &str = "s3cret-Pa55word";
-
-/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
-struct Daemon {
-    child: Option<Child>,
-    name: &'static str,
-}
-
-impl Daemon {
-    fn spawn(name: &'static str, mut cmd: Command) -> Self {
-        let child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start celeriac");
-        Daemon {
-            child: Some(child),
-            name,
-        }
-    }
-
-    /// SIGTERM, wait, return (exit status success, stderr).
-    fn stop(mut self) -> (bool, String) {
-        let child = self.child.take().expect("running");
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let out = child.wait_with_output().expect("wait for celeriac");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-            eprintln!("{} killed on drop", self.name);
-        }
-    }
-}
 
 fn cli(config: &std::path::Path, broker: &str, args: &[&str]) -> (bool, String, String) {
     let out = celeriac()
@@ -142,7 +99,10 @@ fn status_pause_resume_trigger_why_on_two_beats_without_leaking_the_password() {
             .arg("--allow-root")
             .arg("--log-format")
             .arg("json");
-        Daemon::spawn(name, cmd)
+        (
+            name,
+            Daemon::spawn(cmd, dir.path().join(format!("{name}.log"))),
+        )
     };
     let beat1 = daemon("beat1", &["beat", "--lease-ttl", "2s"]);
     let beat2 = daemon("beat2", &["beat", "--lease-ttl", "2s"]);
@@ -184,6 +144,15 @@ fn status_pause_resume_trigger_why_on_two_beats_without_leaking_the_password() {
                     >= 2
         },
     );
+    // Paused ticks are decided but not fired: "last fired" stays behind "last tick".
+    let why = json(&config, &broker, &["why", "tick"]);
+    let at = |k: &str| {
+        why["schedule"][k]
+            .as_str()
+            .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
+            .unwrap_or_else(|| panic!("no {k}: {why}"))
+    };
+    assert!(at("last_tick") > at("last_fired"), "{why}");
     assert!(cli(&config, &broker, &["resume", "tick"]).0);
     let resumed_at = chrono::Utc::now();
     wait_for("a fire after resume", Duration::from_secs(10), || {
@@ -243,9 +212,9 @@ fn status_pause_resume_trigger_why_on_two_beats_without_leaking_the_password() {
     assert!(ok && out.contains("requeued 1"), "{out}");
 
     // Logs: JSON lines only, never the password.
-    for d in [beat1, beat2, worker] {
-        let name = d.name;
-        let (ok, stderr) = d.stop();
+    for (name, mut d) in [beat1, beat2, worker] {
+        let ok = d.stop(Duration::from_secs(30)).success();
+        let stderr = d.log();
         assert!(ok, "{name} did not exit cleanly: {stderr}");
         assert!(!stderr.contains(PASSWORD), "{name} logged the password");
         for line in stderr.lines().filter(|l| !l.trim().is_empty()) {

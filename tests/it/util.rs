@@ -65,6 +65,24 @@ impl Daemon {
         self.child.try_wait().expect("poll daemon")
     }
 
+    /// SIGTERM, then waits (blocking) up to `timeout` for it to exit; panics (with its log)
+    /// if it does not.
+    pub fn stop(&mut self, timeout: std::time::Duration) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_status() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process did not stop within {timeout:?} of SIGTERM; its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Waits up to `timeout` for it to exit; panics (with its log) if it does not.
     pub async fn wait_exit(&mut self, timeout: std::time::Duration) -> std::process::ExitStatus {
         let deadline = std::time::Instant::now() + timeout;
