@@ -37,6 +37,10 @@ use crate::metrics as m;
 use crate::notify::Notifier;
 use crate::schedule::Timing;
 
+/// Above this many fires in one batch, per-fire log lines go to DEBUG and one summary goes
+/// to INFO.
+pub const LOG_EACH_FIRE_UP_TO: usize = 1000;
+
 /// How a beat runs.
 #[derive(Debug, Clone)]
 pub struct BeatOptions {
@@ -591,6 +595,9 @@ impl Beat {
                 self.broker_up();
                 let published = self.clock.now();
                 let record = m::enabled();
+                // One INFO line per fire, except in big waves (thousands of minute crons due
+                // at :00), where per-fire lines go to DEBUG and INFO gets one summary.
+                let each = fires.len() <= LOG_EACH_FIRE_UP_TO;
                 let mut lost = false;
                 let mut fired = 0u64;
                 let mut skipped = 0u64;
@@ -600,15 +607,27 @@ impl Beat {
                     match o {
                         FireOutcome::Fired => {
                             fired += 1;
-                            tracing::info!(
-                                schedule = %f.schedule,
-                                nominal = %f.nominal.to_rfc3339(),
-                                fire_id = fid,
-                                id = %f.message.id,
-                                queue = %f.message.queue,
-                                catch_up = f.catch_up,
-                                "fired"
-                            );
+                            if each {
+                                tracing::info!(
+                                    schedule = %f.schedule,
+                                    nominal = %f.nominal.to_rfc3339(),
+                                    fire_id = fid,
+                                    id = %f.message.id,
+                                    queue = %f.message.queue,
+                                    catch_up = f.catch_up,
+                                    "fired"
+                                );
+                            } else {
+                                tracing::debug!(
+                                    schedule = %f.schedule,
+                                    nominal = %f.nominal.to_rfc3339(),
+                                    fire_id = fid,
+                                    id = %f.message.id,
+                                    queue = %f.message.queue,
+                                    catch_up = f.catch_up,
+                                    "fired"
+                                );
+                            }
                             if last.as_ref().is_none_or(|(_, t)| f.nominal >= *t) {
                                 last = Some((f.schedule.clone(), f.nominal));
                             }
@@ -650,6 +669,15 @@ impl Beat {
                         s.last_fire = last;
                     }
                 });
+                if !each {
+                    tracing::info!(
+                        fired,
+                        skipped,
+                        batch = fires.len(),
+                        first_nominal = %fires[0].nominal.to_rfc3339(),
+                        "fired a wave (per-fire events at debug level)"
+                    );
+                }
                 self.publish_status();
                 if lost {
                     self.leader = None;

@@ -9,7 +9,8 @@
 //! - `beat:paused`  SET of paused schedules
 //! - `beat:journal` STREAM of every decision, capped (approximately) at `journal_limit`
 //! - `beat:journal:NAME` STREAM of one schedule's non-routine decisions, capped exactly
-//! - `fire:NAME:NOMINAL_MS` STRING, PX = `remember`: "this tick fired"
+//! - `beat:fired:NOMINAL_MS` HASH schedule -> 1, PX = `remember`: "this tick fired" (one hash
+//!   per nominal instant, so that a wave of ticks checks and sets its markers in two commands)
 //!
 //! The fire script (`lua/fire.lua`, built on the broker's `enqueue_lua_lib`) touches the
 //! beat keys and each queue's keys, so it needs a single Redis node (not Cluster).
@@ -22,7 +23,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use redis::{Script, Value};
 
-use super::store::{BeatStore, Claim, Fire, FireOutcome, JournalEntry, LeaderToken};
+use super::store::{BeatStore, Claim, Fire, FireOutcome, JournalEntry, LeaderToken, fire_id};
 use crate::broker::{BrokerError, RedisBroker, enqueue_lua_lib};
 
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/claim.lua")));
@@ -37,6 +38,8 @@ static FIRE: LazyLock<Script> = LazyLock::new(|| {
 
 /// Most fires sent in one script call (bounds how long Redis is busy with one call).
 pub const FIRE_CHUNK: usize = 500;
+/// Fire script calls in flight at once on the connection.
+pub const FIRE_PIPELINE: usize = 4;
 
 /// Entries kept in the global journal stream (approximately).
 pub const DEFAULT_JOURNAL_LIMIT: usize = 10_000;
@@ -166,30 +169,34 @@ impl RedisBeatStore {
             .arg(self.journal_limit)
             .arg(self.schedule_journal_limit)
             .arg(&self.beat_id)
-            .arg(fires.len());
+            .arg(fires.len())
+            .arg(queues.len());
+        for q in &queues {
+            inv.arg(*q);
+        }
+        let mut params = String::new();
         for f in fires {
-            let mut flags = String::new();
+            use std::fmt::Write;
+            params.clear();
+            let _ = write!(
+                params,
+                "{} {} {} {} {} ",
+                f.nominal.timestamp_millis(),
+                f.remember.as_millis().max(1),
+                queue_index[f.message.queue.as_str()],
+                f.message.priority,
+                f.message.eta.map_or(0, |t| t.timestamp_millis().max(0)),
+            );
             if f.overlap_skip {
-                flags.push('o');
+                params.push('o');
             }
             if f.catch_up {
-                flags.push('c');
+                params.push('c');
             }
             inv.arg(&f.schedule)
-                .arg(f.nominal.timestamp_millis())
-                .arg(f.remember.as_millis().max(1) as u64)
-                .arg(queue_index[f.message.queue.as_str()])
-                .arg(&f.message.queue)
                 .arg(&f.message.id)
-                .arg(f.message.priority)
-                .arg(f.message.eta.map_or(0, |t| t.timestamp_millis()))
                 .arg(f.message.to_json())
-                .arg(flags)
-                .arg(f.message.fire_id.as_deref().unwrap_or(""))
-                .arg(
-                    f.nominal
-                        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-                );
+                .arg(params.as_str());
         }
         let reply = self.broker.invoke_script(&inv).await?;
         let rows = items(&reply);
@@ -202,17 +209,14 @@ impl RedisBeatStore {
         }
         Ok(rows
             .iter()
-            .map(|row| {
-                let parts = items(row);
-                let code = parts.first().map(int).unwrap_or(-1);
-                let detail = parts.get(1).and_then(string).unwrap_or_default();
-                match code {
-                    1 => FireOutcome::Fired,
-                    2 => FireOutcome::AlreadyFired,
-                    3 => FireOutcome::SkippedOverlap { running: detail },
-                    4 => FireOutcome::Paused,
-                    _ => FireOutcome::NotLeader,
-                }
+            .map(|row| match row {
+                Value::Int(1) => FireOutcome::Fired,
+                Value::Int(2) => FireOutcome::AlreadyFired,
+                Value::Int(4) => FireOutcome::Paused,
+                Value::Int(_) => FireOutcome::NotLeader,
+                other => FireOutcome::SkippedOverlap {
+                    running: string(other).unwrap_or_default(),
+                },
             })
             .collect())
     }
@@ -254,15 +258,24 @@ impl BeatStore for RedisBeatStore {
         leader: &LeaderToken,
         fires: &[Fire],
     ) -> Result<Vec<FireOutcome>, BrokerError> {
+        use futures::StreamExt;
+        use futures::stream::FuturesOrdered;
+        // Chunks are pipelined on the connection (Redis runs them in order, each atomically)
+        // so that encoding the next chunk overlaps with Redis running the previous one. Once
+        // the lease is lost, every later chunk answers "not the leader" by itself.
         let mut out = Vec::with_capacity(fires.len());
-        for chunk in fires.chunks(FIRE_CHUNK) {
-            let outcomes = self.fire_chunk(leader, chunk).await?;
-            let lost = outcomes.contains(&FireOutcome::NotLeader);
-            out.extend(outcomes);
-            if lost {
-                // Not the leader any more: the rest cannot fire either.
-                out.resize(fires.len(), FireOutcome::NotLeader);
-                break;
+        let mut chunks = fires.chunks(FIRE_CHUNK);
+        let mut in_flight = FuturesOrdered::new();
+        loop {
+            while in_flight.len() < FIRE_PIPELINE {
+                match chunks.next() {
+                    Some(chunk) => in_flight.push_back(Box::pin(self.fire_chunk(leader, chunk))),
+                    None => break,
+                }
+            }
+            match in_flight.next().await {
+                Some(outcomes) => out.extend(outcomes?),
+                None => break,
             }
         }
         Ok(out)
@@ -335,6 +348,7 @@ impl BeatStore for RedisBeatStore {
                     )
                     .await?;
                 entries.extend(parse_stream(&v));
+                entries.truncate(limit);
             }
             Some(name) => {
                 // Non-routine decisions from the schedule's own stream, routine fires from the
@@ -400,36 +414,78 @@ fn journal_fields(e: &JournalEntry, beat: &str) -> Vec<(&'static str, String)> {
 }
 
 fn parse_stream(v: &Value) -> Vec<JournalEntry> {
-    items(v)
-        .iter()
-        .filter_map(|entry| {
-            let parts = items(entry);
-            let fields = items(parts.get(1)?);
-            let mut map: HashMap<String, String> = HashMap::new();
-            for pair in fields.chunks(2) {
-                if let [k, v] = pair {
-                    map.insert(string(k)?, string(v).unwrap_or_default());
+    let mut out = Vec::new();
+    for entry in items(v) {
+        let parts = items(entry);
+        let Some(fields) = parts.get(1).map(items) else {
+            continue;
+        };
+        let mut map: HashMap<String, String> = HashMap::new();
+        for pair in fields.chunks(2) {
+            if let [k, v] = pair
+                && let Some(k) = string(k)
+            {
+                map.insert(k, string(v).unwrap_or_default());
+            }
+        }
+        let get = |k: &str| map.get(k).cloned().unwrap_or_default();
+        let Some(at) = get("at")
+            .parse::<i64>()
+            .ok()
+            .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+        else {
+            continue;
+        };
+        let non_empty = |s: String| (!s.is_empty()).then_some(s);
+        // RFC 3339, or Unix ms (what the fire script writes).
+        let parse_nominal = |s: &str| match s.parse::<i64>() {
+            Ok(ms) => Utc.timestamp_millis_opt(ms).single(),
+            Err(_) => DateTime::parse_from_rfc3339(s)
+                .ok()
+                .map(|t| t.with_timezone(&Utc)),
+        };
+        match map.get("ticks") {
+            // A batch of routine fires: one line per fire, newest last.
+            Some(ticks) => {
+                for line in ticks.lines().rev() {
+                    let mut f = line.split('\t');
+                    let (Some(schedule), Some(queue), Some(id), Some(nominal)) =
+                        (f.next(), f.next(), f.next(), f.next())
+                    else {
+                        continue;
+                    };
+                    let nominal = parse_nominal(nominal);
+                    out.push(JournalEntry {
+                        at,
+                        schedule: Some(schedule.to_string()),
+                        event: get("event"),
+                        nominal,
+                        fire_id: nominal.map(|t| fire_id(schedule, t)),
+                        detail: format!("message {id} on {queue}"),
+                        beat: get("beat"),
+                    });
                 }
             }
-            let get = |k: &str| map.get(k).cloned().unwrap_or_default();
-            let at = get("at")
-                .parse::<i64>()
-                .ok()
-                .and_then(|ms| Utc.timestamp_millis_opt(ms).single())?;
-            let non_empty = |s: String| (!s.is_empty()).then_some(s);
-            Some(JournalEntry {
-                at,
-                schedule: non_empty(get("schedule")),
-                event: get("event"),
-                nominal: DateTime::parse_from_rfc3339(&get("nominal"))
-                    .ok()
-                    .map(|t| t.with_timezone(&Utc)),
-                fire_id: non_empty(get("fire_id")),
-                detail: get("detail"),
-                beat: get("beat"),
-            })
-        })
-        .collect()
+            None => {
+                let schedule = non_empty(get("schedule"));
+                let nominal = parse_nominal(&get("nominal"));
+                let fire_id = non_empty(get("fire_id")).or_else(|| match (&schedule, nominal) {
+                    (Some(s), Some(t)) => Some(fire_id(s, t)),
+                    _ => None,
+                });
+                out.push(JournalEntry {
+                    at,
+                    schedule,
+                    event: get("event"),
+                    nominal,
+                    fire_id,
+                    detail: get("detail"),
+                    beat: get("beat"),
+                })
+            }
+        }
+    }
+    out
 }
 
 fn items(v: &Value) -> &[Value] {
