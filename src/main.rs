@@ -740,7 +740,7 @@ fn schedule_named<'a>(
     cfg: &'a config::Config,
     name: &str,
 ) -> anyhow::Result<&'a config::ScheduleConfig> {
-    cfg.schedules.get(name).ok_or_else(|| {
+    cfg.schedules.get(name).map(|s| &**s).ok_or_else(|| {
         usage(format!(
             "no schedule named `{name}` (known: {})",
             cfg.schedules.keys().cloned().collect::<Vec<_>>().join(", ")

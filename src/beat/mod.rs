@@ -760,7 +760,7 @@ impl Beat {
                 Some(r) if r.cfg.same_settings(cfg) => {}
                 Some(r) => {
                     let timing_changed = r.cfg.timing != cfg.timing;
-                    let cfg = Arc::new(cfg.clone());
+                    let cfg = cfg.clone();
                     let policy = Self::policy_of(&cfg, now);
                     if timing_changed {
                         self.agenda
@@ -770,7 +770,7 @@ impl Beat {
                     changed.push(name.clone());
                 }
                 None => {
-                    let cfg = Arc::new(cfg.clone());
+                    let cfg = cfg.clone();
                     let policy = Self::policy_of(&cfg, now);
                     self.agenda
                         .upsert(name.as_str().into(), cfg.timing.clone(), now);

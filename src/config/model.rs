@@ -33,7 +33,8 @@ pub struct Config {
     /// Declared queues, always including [`DEFAULT_QUEUE`].
     pub queues: BTreeMap<String, QueueConfig>,
     pub tasks: BTreeMap<String, TaskConfig>,
-    pub schedules: BTreeMap<String, ScheduleConfig>,
+    /// Shared (`Arc`) so that the beat keeps no second copy of 100,000s of schedules.
+    pub schedules: BTreeMap<String, std::sync::Arc<ScheduleConfig>>,
     /// The files that were loaded, in load order.
     pub sources: Vec<PathBuf>,
 }

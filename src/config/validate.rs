@@ -660,7 +660,11 @@ impl<'a> Checker<'a> {
             placeholders: &placeholders,
             timezone: config.timezone,
         };
-        config.schedules = self.schedules(&merged.schedules, &names);
+        config.schedules = self
+            .schedules(&merged.schedules, &names)
+            .into_iter()
+            .map(|(k, v)| (k, std::sync::Arc::new(v)))
+            .collect();
         config
     }
 
