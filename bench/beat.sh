@@ -20,4 +20,4 @@ fi
 command -v redis-server >/dev/null || { echo "redis-server is needed" >&2; exit 1; }
 cargo build --release --quiet
 echo "==> $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(redis-server --version | cut -d' ' -f3), $("$venv/bin/python" -c 'import celery, sys; print("celery", celery.__version__, "python", sys.version.split()[0])')"
-exec "$venv/bin/python" bench/beat_bench.py --celeriac target/release/celeriac --python "$venv/bin/python" "$@"
+exec "$venv/bin/python" bench/beat_bench.py --celeriac target/release/celeriac --python "$PWD/$venv/bin/python" "$@"

@@ -224,6 +224,8 @@ def main():
     p.add_argument("--limit", type=float, default=70, help="longest wait for a wave (s)")
     p.add_argument("--json", default="target/bench-beat/results.json")
     a = p.parse_args()
+    a.python = os.path.abspath(a.python) if os.sep in a.python else a.python
+    a.celeriac = os.path.abspath(a.celeriac)
     os.makedirs(os.path.dirname(a.json) or ".", exist_ok=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="beat-bench-") as tmp:
