@@ -111,7 +111,6 @@ local fired_lines, nf = {}, 0   -- the batch's routine journal entry
 local last_args, nl = {}, 0     -- HSET KEYS[2]: schedule, nominal
 local lastmsg_args, nm = {}, 0  -- HSET KEYS[3]: schedule, "queue\tid\tnominal"
 local ready = {}                -- per queue index: {priority, id, ...} in fire order
-local meta = {}                 -- per queue index: HSET meta args
 local bodies = {}               -- per queue index: HSET msg args
 local qkeys = {}                -- per queue index: its keys
 local metas = {}                -- per priority: the meta value of a fresh message
@@ -164,7 +163,7 @@ for i = 0, n - 1 do
       if not k then
         k = celeriac_keys(6 + qi * 8)
         qkeys[qi] = k
-        meta[qi], ready[qi], bodies[qi] = {}, {}, {}
+        ready[qi], bodies[qi] = {}, {}
       end
       local priority = P_pri[i]
       local mv = metas[priority]
@@ -177,10 +176,10 @@ for i = 0, n - 1 do
         redis.call('HSET', k.meta, id, mv)
         redis.call('ZADD', k.delayed, P_eta[i], id)
       else
-        local m, r, bs = meta[qi], ready[qi], bodies[qi]
-        local c = #m
-        m[c + 1] = id
-        m[c + 2] = mv
+        -- No meta for a fresh ready message: the reserve script reads a missing meta as
+        -- "attempt 0, not reserved" at the priority of its ready score (enqueue_lib.lua).
+        local r, bs = ready[qi], bodies[qi]
+        local c = #r
         r[c + 1] = priority
         r[c + 2] = id
         bs[c + 1] = id
@@ -208,7 +207,7 @@ for i = 0, n - 1 do
 end
 
 -- The batched writes: sequence numbers in fire order (FIFO within a priority), one HSET of
--- bodies, one of metas and one ZADD per queue, one wake-up signal per queue.
+-- bodies and one ZADD per queue, one wake-up signal per queue.
 for qi, r in pairs(ready) do
   if #r > 0 then
     local k = qkeys[qi]
@@ -221,7 +220,6 @@ for qi, r in pairs(ready) do
       zargs[j + 1] = r[j + 1]
     end
     redis.call('HSET', k.msg, unpack(bodies[qi]))
-    redis.call('HSET', k.meta, unpack(meta[qi]))
     redis.call('ZADD', k.ready, unpack(zargs))
     celeriac_signal(k)
   end
