@@ -508,8 +508,34 @@ async fn cmd_enqueue(args: cli::EnqueueArgs) -> anyhow::Result<()> {
 
 async fn cmd_result(args: cli::ResultArgs) -> anyhow::Result<()> {
     let cfg = load_config(&args.config.config)?;
-    let (broker, _) = open_broker(&args.broker, &cfg, true).await?;
-    match broker.get_result(&args.id).await? {
+    // Results are in the celeriac broker, or (tasks of `protocol: celery` queues) in the
+    // Celery apps' result backends, in Celery's format.
+    let celery_queues: Vec<String> = cfg
+        .queues
+        .iter()
+        .filter(|(_, q)| q.celery.as_ref().is_some_and(|c| c.backend.is_some()))
+        .map(|(name, _)| name.clone())
+        .collect();
+    let mut sources: Vec<Arc<dyn Broker>> = Vec::new();
+    if celery_queues.is_empty() || broker_url(&args.broker, &cfg).is_ok() {
+        sources.push(open_broker(&args.broker, &cfg, true).await?.0);
+    }
+    if !celery_queues.is_empty() {
+        sources.extend(
+            open_celery(&cfg, &celery_queues)
+                .await?
+                .into_iter()
+                .map(|(b, _)| b),
+        );
+    }
+    let mut found = None;
+    for broker in &sources {
+        if let Some(r) = broker.get_result(&args.id).await? {
+            found = Some(r);
+            break;
+        }
+    }
+    match found {
         Some(r) => {
             if args.json {
                 println!("{}", serde_json::to_string(&r)?);

@@ -519,6 +519,20 @@ async fn celery_worker_runs_what_celeriac_publishes_in_priority_order() {
     let mut backend = env.db(2);
     let meta = celery_result(&mut backend, &enqueued_id).expect("result of the enqueued task");
     assert_eq!(meta["result"], 42);
+    // `celeriac result` finds it in the Celery app's backend.
+    let out = celeriac()
+        .args(["result", &enqueued_id, "--json", "-c"])
+        .arg(&config)
+        .env_remove("CELERIAC_BROKER")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["value"], 42, "{r}");
 }
 
 // ----- Celery clients -> celeriac workers ------------------------------------------------
