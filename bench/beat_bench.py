@@ -59,26 +59,24 @@ class Redis:
         self.proc.wait()
 
 
-def steady_rss_mib(pid):
+def status_mib(pid, field):
+    """A memory line of /proc/PID/status (VmRSS, VmHWM) in MiB."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
     return None
+
+
+def steady_rss_mib(pid):
+    return status_mib(pid, "VmRSS")
 
 
 def peak_rss_mib(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+    return status_mib(pid, "VmHWM")
 
 
 def cpu_s(pid):

@@ -607,26 +607,23 @@ impl Beat {
                     match o {
                         FireOutcome::Fired => {
                             fired += 1;
+                            macro_rules! fired {
+                                ($level:ident) => {
+                                    tracing::$level!(
+                                        schedule = %f.schedule,
+                                        nominal = %f.nominal.to_rfc3339(),
+                                        fire_id = fid,
+                                        id = %f.message.id,
+                                        queue = %f.message.queue,
+                                        catch_up = f.catch_up,
+                                        "fired"
+                                    )
+                                };
+                            }
                             if each {
-                                tracing::info!(
-                                    schedule = %f.schedule,
-                                    nominal = %f.nominal.to_rfc3339(),
-                                    fire_id = fid,
-                                    id = %f.message.id,
-                                    queue = %f.message.queue,
-                                    catch_up = f.catch_up,
-                                    "fired"
-                                );
+                                fired!(info);
                             } else {
-                                tracing::debug!(
-                                    schedule = %f.schedule,
-                                    nominal = %f.nominal.to_rfc3339(),
-                                    fire_id = fid,
-                                    id = %f.message.id,
-                                    queue = %f.message.queue,
-                                    catch_up = f.catch_up,
-                                    "fired"
-                                );
+                                fired!(debug);
                             }
                             if last.as_ref().is_none_or(|(_, t)| f.nominal >= *t) {
                                 last = Some((f.schedule.clone(), f.nominal));

@@ -38,21 +38,88 @@ fn collect(sock: &UnixDatagram, limit: Duration, stop: impl Fn(&str) -> bool) ->
     out
 }
 
-#[test]
-fn worker_notifies_ready_pings_the_watchdog_and_says_stopping() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
-    let sock_path = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
+/// `celeriac KIND --allow-root -c CFG --broker REDIS ARGS...` with `env`, logging to
+/// `DIR/KIND.log`.
+fn daemon(
+    kind: &str,
+    cfg: &std::path::Path,
+    redis: &RedisServer,
+    args: &[&str],
+    env: &[(&str, &std::path::Path)],
+) -> Daemon {
     let mut cmd = celeriac();
-    cmd.args(["worker", "--allow-root", "-c"])
-        .arg(&cfg)
+    cmd.args([kind, "--allow-root", "-c"])
+        .arg(cfg)
         .arg("--broker")
         .arg(redis.url())
-        .env("NOTIFY_SOCKET", &sock_path)
-        .env("WATCHDOG_USEC", "400000");
-    let mut worker = Daemon::spawn(cmd, dir.path().join("worker.log"));
+        .args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let dir = cfg.parent().expect("config in a directory");
+    Daemon::spawn(cmd, dir.join(format!("{kind}.log")))
+}
+
+/// Scrapes `port` until `done` holds for the text; panics after `limit` with the last text
+/// and `context()`.
+fn scrape_until(
+    port: u16,
+    limit: Duration,
+    done: impl Fn(&str) -> bool,
+    context: impl Fn() -> String,
+) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let text = std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .map(|_| scrape(port))
+            .unwrap_or_default();
+        if done(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never got there:\n{text}\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A daemon of `kind` on a private Redis with the configuration `write_config` writes, under
+/// a systemd-like notification socket with a watchdog of `watchdog_usec`.
+fn notified(
+    kind: &str,
+    write_config: fn(&std::path::Path) -> std::path::PathBuf,
+    watchdog_usec: &str,
+) -> (
+    RedisServer,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    UnixDatagram,
+    Daemon,
+) {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let d = daemon(
+        kind,
+        &cfg,
+        &redis,
+        &[],
+        &[
+            ("NOTIFY_SOCKET", &sock_path),
+            ("WATCHDOG_USEC", std::path::Path::new(watchdog_usec)),
+        ],
+    );
+    (redis, dir, cfg, sock, d)
+}
+
+#[test]
+fn worker_notifies_ready_pings_the_watchdog_and_says_stopping() {
+    let (_redis, _dir, _cfg, sock, mut worker) = notified("worker", config, "400000");
 
     let first = collect(&sock, Duration::from_secs(10), |m| m.contains("READY=1"));
     assert!(
@@ -73,11 +140,7 @@ fn worker_notifies_ready_pings_the_watchdog_and_says_stopping() {
     worker.signal(libc::SIGTERM);
     let last = collect(&sock, Duration::from_secs(10), |m| m.contains("STOPPING=1"));
     assert!(last.iter().any(|m| m.starts_with("STOPPING=1")), "{last:?}");
-    let status = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(worker.wait_exit(Duration::from_secs(10)));
+    let status = worker.stop(Duration::from_secs(10));
     assert!(status.success(), "{}", worker.log());
     // The variables are not passed on to tasks.
     assert!(!worker.log().contains("NOTIFY_SOCKET"));
@@ -107,14 +170,8 @@ fn worker_metrics_are_scraped_over_http() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
     let port = free_port();
-    let mut cmd = celeriac();
-    cmd.args(["worker", "--allow-root", "-c"])
-        .arg(&cfg)
-        .arg("--broker")
-        .arg(redis.url())
-        .arg("--metrics-addr")
-        .arg(format!("127.0.0.1:{port}"));
-    let worker = Daemon::spawn(cmd, dir.path().join("worker.log"));
+    let addr = format!("127.0.0.1:{port}");
+    let worker = daemon("worker", &cfg, &redis, &["--metrics-addr", &addr], &[]);
     for task in ["noop", "noop", "noop", "boom"] {
         let out = celeriac()
             .args(["enqueue", task, "-c"])
@@ -125,31 +182,22 @@ fn worker_metrics_are_scraped_over_http() {
             .unwrap();
         assert!(out.status.success());
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let text = loop {
-        let text = std::net::TcpStream::connect(("127.0.0.1", port))
-            .ok()
-            .map(|_| scrape(port))
-            .unwrap_or_default();
-        let done = sample(
-            &text,
-            &[
-                "celeriac_tasks_total",
-                "task=\"noop\"",
-                "outcome=\"succeeded\"",
-            ],
-        ) == Some(3.0)
-            && sample(&text, &["celeriac_dead_letters_total", "queue=\"default\""]) == Some(1.0);
-        if done {
-            break text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "metrics never showed the tasks:\n{text}\n{}",
-            worker.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let text = scrape_until(
+        port,
+        Duration::from_secs(20),
+        |text| {
+            sample(
+                text,
+                &[
+                    "celeriac_tasks_total",
+                    "task=\"noop\"",
+                    "outcome=\"succeeded\"",
+                ],
+            ) == Some(3.0)
+                && sample(text, &["celeriac_dead_letters_total", "queue=\"default\""]) == Some(1.0)
+        },
+        || worker.log(),
+    );
     assert!(text.contains("HTTP/1.1 200"), "{text}");
     assert!(
         text.contains("# TYPE celeriac_task_duration_seconds histogram"),
@@ -189,19 +237,7 @@ fn beat_config(dir: &std::path::Path) -> std::path::PathBuf {
 
 #[test]
 fn beat_notifies_ready_watchdog_reloading_and_stopping() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = beat_config(dir.path());
-    let sock_path = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    let mut cmd = celeriac();
-    cmd.args(["beat", "--allow-root", "-c"])
-        .arg(&cfg)
-        .arg("--broker")
-        .arg(redis.url())
-        .env("NOTIFY_SOCKET", &sock_path)
-        .env("WATCHDOG_USEC", "600000");
-    let mut beat = Daemon::spawn(cmd, dir.path().join("beat.log"));
+    let (_redis, _dir, cfg, sock, mut beat) = notified("beat", beat_config, "600000");
 
     let first = collect(&sock, Duration::from_secs(15), |m| m.contains("READY=1"));
     let ready = first.last().cloned().unwrap_or_default();
@@ -252,11 +288,7 @@ fn beat_notifies_ready_watchdog_reloading_and_stopping() {
     beat.signal(libc::SIGTERM);
     let last = collect(&sock, Duration::from_secs(10), |m| m.contains("STOPPING=1"));
     assert!(last.iter().any(|m| m.starts_with("STOPPING=1")), "{last:?}");
-    let status = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(beat.wait_exit(Duration::from_secs(10)));
+    let status = beat.stop(Duration::from_secs(10));
     assert!(status.success(), "{}", beat.log());
 }
 
@@ -266,32 +298,17 @@ fn beat_metrics_are_scraped_over_http() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = beat_config(dir.path());
     let port = free_port();
-    let mut cmd = celeriac();
-    cmd.args(["beat", "--allow-root", "-c"])
-        .arg(&cfg)
-        .arg("--broker")
-        .arg(redis.url())
-        .arg("--metrics-addr")
-        .arg(format!("127.0.0.1:{port}"));
-    let beat = Daemon::spawn(cmd, dir.path().join("beat.log"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let text = loop {
-        let text = std::net::TcpStream::connect(("127.0.0.1", port))
-            .ok()
-            .map(|_| scrape(port))
-            .unwrap_or_default();
-        if sample(&text, &["celeriac_beat_fires_total", "schedule=\"tick\""])
-            .is_some_and(|n| n >= 2.0)
-        {
-            break text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "metrics never showed fires:\n{text}\n{}",
-            beat.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let addr = format!("127.0.0.1:{port}");
+    let beat = daemon("beat", &cfg, &redis, &["--metrics-addr", &addr], &[]);
+    let text = scrape_until(
+        port,
+        Duration::from_secs(20),
+        |text| {
+            sample(text, &["celeriac_beat_fires_total", "schedule=\"tick\""])
+                .is_some_and(|n| n >= 2.0)
+        },
+        || beat.log(),
+    );
     assert_eq!(
         sample(&text, &["celeriac_beat_leader "]),
         Some(1.0),
@@ -329,15 +346,12 @@ fn beat_metrics_are_scraped_over_http() {
          schedules:\n  tick:\n    every: 2s\n    task: noop\n",
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let text = scrape(port);
-        if sample(&text, &["celeriac_reloads_total", "result=\"applied\""]) == Some(1.0) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no reload counted:\n{text}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    scrape_until(
+        port,
+        Duration::from_secs(15),
+        |text| sample(text, &["celeriac_reloads_total", "result=\"applied\""]) == Some(1.0),
+        || beat.log(),
+    );
     // No secret and no broker URL in the exposition.
     assert!(!scrape(port).contains("redis://"));
 }
@@ -490,46 +504,25 @@ fn signed_beat_ticks_run_on_a_signing_worker() {
     )
     .unwrap();
     let port = free_port();
-    let mut beat = celeriac();
-    beat.args(["beat", "--allow-root", "-c"])
-        .arg(&cfg)
-        .arg("--broker")
-        .arg(redis.url());
-    let beat = Daemon::spawn(beat, dir.path().join("beat.log"));
-    let mut worker = celeriac();
-    worker
-        .args(["worker", "--allow-root", "-c"])
-        .arg(&cfg)
-        .arg("--broker")
-        .arg(redis.url())
-        .arg("--metrics-addr")
-        .arg(format!("127.0.0.1:{port}"));
-    let worker = Daemon::spawn(worker, dir.path().join("worker.log"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let text = loop {
-        let text = std::net::TcpStream::connect(("127.0.0.1", port))
-            .ok()
-            .map(|_| scrape(port))
-            .unwrap_or_default();
-        let ok = sample(
-            &text,
-            &[
-                "celeriac_tasks_total",
-                "task=\"noop\"",
-                "outcome=\"succeeded\"",
-            ],
-        );
-        if ok.is_some_and(|n| n >= 3.0) {
-            break text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "signed ticks did not run:\n{text}\nbeat:\n{}\nworker:\n{}",
-            beat.log(),
-            worker.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let beat = daemon("beat", &cfg, &redis, &[], &[]);
+    let addr = format!("127.0.0.1:{port}");
+    let worker = daemon("worker", &cfg, &redis, &["--metrics-addr", &addr], &[]);
+    let text = scrape_until(
+        port,
+        Duration::from_secs(20),
+        |text| {
+            sample(
+                text,
+                &[
+                    "celeriac_tasks_total",
+                    "task=\"noop\"",
+                    "outcome=\"succeeded\"",
+                ],
+            )
+            .is_some_and(|n| n >= 3.0)
+        },
+        || format!("beat:\n{}\nworker:\n{}", beat.log(), worker.log()),
+    );
     assert!(
         !text.contains("celeriac_dead_letters_total"),
         "{text}\n{}",
