@@ -48,7 +48,8 @@ pub struct BeatOptions {
     pub lease_ttl: Duration,
     /// Identifies this beat in the lease and the journal (default `host/pid/random`).
     pub beat_id: String,
-    /// Most ticks popped from the agenda per wave (the rest follow immediately).
+    /// Most ticks popped from the agenda per wave; the rest follow at once, with the lease
+    /// renewed (when due) and the watchdog pinged between waves.
     pub wave_limit: usize,
     /// systemd notifications: READY once running, WATCHDOG from the loop (a stuck loop stops
     /// the pings), RELOADING/READY around reloads, STATUS with [`BeatStatus::summary`].
@@ -63,7 +64,7 @@ impl Default for BeatOptions {
         BeatOptions {
             lease_ttl: Duration::from_secs(10),
             beat_id: default_beat_id(),
-            wave_limit: 100_000,
+            wave_limit: 10_000,
             notifier: None,
             signing: None,
         }
@@ -486,8 +487,9 @@ impl Beat {
         }
         self.journal(entries).await;
         if !fires.is_empty() {
+            // Sent by the loop right after (in waves, keeping the lease alive in between).
             tracing::info!(count = fires.len(), "catching up missed ticks");
-            self.send_fires(fires).await;
+            self.pending = fires;
         }
         self.publish_status();
     }
@@ -530,12 +532,32 @@ impl Beat {
         }
     }
 
+    /// Between two waves of a big batch: pings the watchdog and renews the lease when due, so
+    /// that firing 100,000s of ticks never outlasts the lease. False when the lease was lost
+    /// (or changed hands and came back: what is left of the batch is then stale).
+    async fn keep_alive_between_waves(&mut self) -> bool {
+        if let Some(n) = &self.options.notifier {
+            n.watchdog_tick();
+        }
+        let epoch = self.leader.as_ref().map(|l| l.token.epoch);
+        self.upkeep_lease().await;
+        self.is_firing() && self.leader.as_ref().map(|l| l.token.epoch) == epoch
+    }
+
     /// Pops due ticks and fires them (steady state).
     async fn fire_due(&mut self) {
-        if !self.pending.is_empty() {
-            let pending = std::mem::take(&mut self.pending);
-            self.send_fires(pending).await;
-            if !self.pending.is_empty() || !self.is_firing() {
+        // Fires left from before (a transient error, or a takeover's catch-up), in waves.
+        let mut rest = std::mem::take(&mut self.pending);
+        while !rest.is_empty() {
+            let n = rest.len().min(self.options.wave_limit);
+            let batch: Vec<Fire> = rest.drain(..n).collect();
+            self.send_fires(batch).await;
+            if !self.pending.is_empty() {
+                // Failed again: retried later, followed by the rest.
+                self.pending.append(&mut rest);
+                return;
+            }
+            if !self.is_firing() || (!rest.is_empty() && !self.keep_alive_between_waves().await) {
                 return;
             }
         }
@@ -576,6 +598,9 @@ impl Beat {
             }
             self.send_fires(fires).await;
             if !full || !self.pending.is_empty() || !self.is_firing() {
+                return;
+            }
+            if !self.keep_alive_between_waves().await {
                 return;
             }
         }
