@@ -1,0 +1,134 @@
+//! Big waves: thousands of ticks due at once are fired in waves, with the leader lease renewed
+//! between them, so a wave that takes longer than the lease never loses leadership half-way
+//! (which dropped the rest of a 1,000,000-schedule wave before).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use celeriac::beat::redis_store::RedisBeatStore;
+use celeriac::beat::store::{BeatStore, Claim, Fire, FireOutcome, JournalEntry, LeaderToken};
+use celeriac::beat::{Beat, BeatOptions};
+use celeriac::broker::{BrokerError, RedisBroker, RedisBrokerOptions};
+use chrono::{DateTime, Utc};
+
+use crate::redis_server::RedisServer;
+
+/// The Redis store, with each fire call slowed down by `per_fire` per tick (a busy Redis).
+struct SlowStore {
+    inner: RedisBeatStore,
+    per_fire: Duration,
+}
+
+#[async_trait::async_trait]
+impl BeatStore for SlowStore {
+    async fn claim(&self, token: &str, ttl: Duration) -> Result<Claim, BrokerError> {
+        self.inner.claim(token, ttl).await
+    }
+    async fn resign(&self, token: &str) -> Result<(), BrokerError> {
+        self.inner.resign(token).await
+    }
+    async fn fire(
+        &self,
+        leader: &LeaderToken,
+        fires: &[Fire],
+    ) -> Result<Vec<FireOutcome>, BrokerError> {
+        tokio::time::sleep(self.per_fire * fires.len() as u32).await;
+        self.inner.fire(leader, fires).await
+    }
+    async fn last_fired(
+        &self,
+        schedules: &[String],
+    ) -> Result<Vec<Option<DateTime<Utc>>>, BrokerError> {
+        self.inner.last_fired(schedules).await
+    }
+    async fn journal(&self, entries: &[JournalEntry]) -> Result<(), BrokerError> {
+        self.inner.journal(entries).await
+    }
+    async fn read_journal(
+        &self,
+        schedule: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, BrokerError> {
+        self.inner.read_journal(schedule, limit).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wave_longer_than_the_lease_keeps_leadership_and_fires_every_tick() {
+    let server = RedisServer::start();
+    let broker = Arc::new(
+        RedisBroker::connect(&server.url(), RedisBrokerOptions::default())
+            .await
+            .unwrap(),
+    );
+    // 300 minute crons due at the same instant; firing them takes 300 x 10 ms = 3 s, three
+    // times the 1 s lease.
+    let mut yaml =
+        String::from("queues:\n  default: {}\ntasks:\n  noop: {builtin: noop}\nschedules:\n");
+    for i in 0..300 {
+        yaml.push_str(&format!("  s{i}: {{cron: '* * * * *', task: noop}}\n"));
+    }
+    let cfg = celeriac::config::load_str(&yaml, std::path::Path::new("w.yaml")).unwrap();
+    let store = Arc::new(SlowStore {
+        inner: RedisBeatStore::new(broker.clone(), "w"),
+        per_fire: Duration::from_millis(10),
+    });
+    // The clock: just before a minute boundary, then 100 ms after it.
+    let boundary =
+        DateTime::from_timestamp((Utc::now().timestamp() / 60 + 1) * 60, 0).expect("in range");
+    let clock = Arc::new(celeriac::clock::ManualClock::new(
+        boundary - chrono::Duration::milliseconds(200),
+    ));
+    let beat = Beat::new(
+        Arc::new(cfg),
+        store.clone(),
+        clock.clone(),
+        BeatOptions {
+            lease_ttl: Duration::from_secs(1),
+            beat_id: "w".into(),
+            wave_limit: 20,
+            ..BeatOptions::default()
+        },
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (_tx, reloads) = tokio::sync::mpsc::channel(1);
+    let task = tokio::spawn(beat.run(shutdown.clone(), reloads));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    clock.set(boundary + chrono::Duration::milliseconds(100));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = celeriac::broker::Broker::queue_stats(&*broker, "default")
+            .await
+            .unwrap();
+        if stats.ready_total() >= 300 {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "only {} of 300 ticks fired; journal: {:?}",
+                stats.ready_total(),
+                store.read_journal(None, 50).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    let journal = store.read_journal(None, 10_000).await.unwrap();
+    let lost: Vec<_> = journal
+        .iter()
+        .filter(|e| e.event == "leader_lost" && e.detail != "beat stopped; lease released")
+        .collect();
+    assert!(lost.is_empty(), "leadership lost during the wave: {lost:?}");
+    let acquired = journal
+        .iter()
+        .filter(|e| e.event == "leader_acquired")
+        .count();
+    assert_eq!(acquired, 1, "one leadership for the whole wave");
+    let fired = journal.iter().filter(|e| e.event == "fired").count();
+    assert_eq!(fired, 300);
+    let stats = celeriac::broker::Broker::queue_stats(&*broker, "default")
+        .await
+        .unwrap();
+    assert_eq!(stats.ready_total(), 300, "a tick fired twice");
+}
