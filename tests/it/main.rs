@@ -5,6 +5,7 @@ mod beat_waves;
 mod broker_contract;
 mod broker_redis;
 mod celery;
+mod chaos_regressions;
 mod cli;
 mod config;
 mod observe;
