@@ -198,9 +198,36 @@ impl Driver {
             .map_err(|e| e.to_string())
     }
 
-    fn pick(&mut self, kind: Kind, n: usize) -> usize {
-        let _ = kind;
+    fn pick(&mut self, n: usize) -> usize {
         self.rng.random_range(0..n)
+    }
+
+    /// The worker with the most task processes (children) running, polled for up to `wait`
+    /// until one runs any; a random one if none does.
+    fn busiest_worker(&mut self, wait: Duration) -> Result<(usize, usize), String> {
+        let end = Instant::now() + wait;
+        let start = self.pick(self.opts.workers);
+        loop {
+            let counts = cluster::children_of(
+                &(0..self.opts.workers)
+                    .map(|i| self.cluster.proc_mut(Kind::Worker, i).pid().unwrap_or(0))
+                    .collect::<Vec<_>>(),
+            );
+            // Rotate the start so that ties go to a random worker.
+            let best = (0..self.opts.workers)
+                .map(|k| (start + k) % self.opts.workers)
+                .max_by_key(|&i| {
+                    (
+                        counts[i],
+                        std::cmp::Reverse((i + self.opts.workers - start) % self.opts.workers),
+                    )
+                })
+                .unwrap_or(start);
+            if counts[best] > 0 || Instant::now() >= end {
+                return Ok((best, counts[best]));
+            }
+            self.wait(Duration::from_millis(30))?;
+        }
     }
 
     fn inject(&mut self, fault: Fault) -> Result<(), String> {
@@ -209,7 +236,7 @@ impl Driver {
             Fault::KillLeader => {
                 let (i, what) = match self.leader() {
                     Some(i) => (i, "leader"),
-                    None => (self.pick(Kind::Beat, self.opts.beats), "no leader; random"),
+                    None => (self.pick(self.opts.beats), "no leader; random"),
                 };
                 let pid = self.cluster.kill(Kind::Beat, i);
                 let down = Duration::from_millis(self.rng.random_range(200..3000));
@@ -221,8 +248,10 @@ impl Driver {
                 self.log(format!("beat-{i} restarted (pid {pid})"));
             }
             Fault::KillWorker => {
-                let i = self.pick(Kind::Worker, self.opts.workers);
+                // Prefer a worker that is running tasks right now (mid-task), waiting up to 2 s.
+                let (i, running) = self.busiest_worker(Duration::from_secs(2))?;
                 let pid = self.cluster.kill(Kind::Worker, i);
+                self.log(format!("worker-{i} was running {running} task(s)"));
                 let down = Duration::from_millis(self.rng.random_range(200..2000));
                 self.log(format!(
                     "SIGKILL worker-{i} (pid {pid:?}); restart in {down:?}"
@@ -235,7 +264,7 @@ impl Driver {
                 let leader = self.leader();
                 let i = match leader {
                     Some(l) if self.rng.random_bool(0.7) => l,
-                    _ => self.pick(Kind::Beat, self.opts.beats),
+                    _ => self.pick(self.opts.beats),
                 };
                 let pause = Duration::from_millis(
                     self.opts.lease_ttl_ms + self.rng.random_range(500..3000),

@@ -108,6 +108,8 @@ pub struct Report {
     pub tasks_duplicated_after_kill: usize,
     pub tasks_lost: usize,
     pub max_fire_gap_ms: i64,
+    /// Steady-state fires (not catch-up): p50, p99, max of fire time - nominal.
+    pub lateness_ms: [i64; 3],
     pub leader_acquisitions: usize,
     pub reloads_applied: usize,
     pub reloads_rejected: usize,
@@ -176,6 +178,7 @@ pub fn audit(input: &Input) -> Report {
     // fire_id -> messages enqueued for it (id, queue, event)
     let mut fired: HashMap<String, Vec<(String, String, String)>> = HashMap::new();
     let mut activity: Vec<i64> = Vec::new();
+    let mut lateness: Vec<i64> = Vec::new();
     // fire_id -> when a beat decided to drop it (earliest)
     let mut dropped: HashMap<String, i64> = HashMap::new();
     let mut mark_dropped = |id: String, at: i64| {
@@ -186,6 +189,19 @@ pub fn audit(input: &Input) -> Report {
         match e.event.as_str() {
             "fired" | "caught_up" => {
                 activity.push(e.at_ms);
+                if let Some(n) = e.nominal {
+                    if e.at_ms < ms(n) - 50 {
+                        violation(
+                            &mut r,
+                            &mut counts,
+                            "fired early",
+                            format!("{} fired at {} ms", e.fire_id, e.at_ms),
+                        );
+                    }
+                    if e.event == "fired" && n >= w0 && n <= w1 {
+                        lateness.push(e.at_ms - ms(n));
+                    }
+                }
                 match e.message() {
                     Some((id, q)) => {
                         fired
@@ -255,6 +271,14 @@ pub fn audit(input: &Input) -> Report {
         );
     }
     activity.sort_unstable();
+    lateness.sort_unstable();
+    let pct = |p: f64| {
+        lateness
+            .get(((lateness.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    r.lateness_ms = [pct(0.5), pct(0.99), lateness.last().copied().unwrap_or(0)];
     let mut acquisitions: Vec<i64> = input
         .journal
         .iter()

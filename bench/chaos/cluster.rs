@@ -368,6 +368,37 @@ impl Cluster {
     }
 }
 
+/// How many processes have each of `pids` as parent (from /proc/*/stat).
+pub fn children_of(pids: &[u32]) -> Vec<usize> {
+    let mut counts = vec![0; pids.len()];
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return counts;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{name}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may contain spaces, so split after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|x| x.1) else {
+            continue;
+        };
+        let ppid: u32 = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        if let Some(k) = pids.iter().position(|&p| p == ppid && p != 0) {
+            counts[k] += 1;
+        }
+    }
+    counts
+}
+
 pub fn describe(status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
