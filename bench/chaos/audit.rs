@@ -644,6 +644,11 @@ pub fn table(r: &Report, faults: &BTreeMap<&'static str, usize>) -> String {
     );
     let _ = writeln!(
         s,
+        "| fire lateness p50 / p99 / max (steady state) | {} / {} / {} ms |",
+        r.lateness_ms[0], r.lateness_ms[1], r.lateness_ms[2]
+    );
+    let _ = writeln!(
+        s,
         "| leader acquisitions in the window | {} |",
         r.leader_acquisitions
     );
