@@ -86,6 +86,7 @@ enum Fault {
     KillLeader,
     KillWorker,
     StopBeat,
+    StopBeatShort,
     KillRedis,
     Reload,
     InvalidReload,
@@ -97,6 +98,7 @@ impl Fault {
             Fault::KillLeader => "SIGKILL leader beat (+ restart)",
             Fault::KillWorker => "SIGKILL worker (+ restart)",
             Fault::StopBeat => "SIGSTOP beat > lease ttl, SIGCONT",
+            Fault::StopBeatShort => "SIGSTOP beat < lease ttl, SIGCONT",
             Fault::KillRedis => "SIGKILL redis (+ restart from AOF)",
             Fault::Reload => "reload: add/remove schedules",
             Fault::InvalidReload => "invalid reload (then restored)",
@@ -104,10 +106,11 @@ impl Fault {
     }
 }
 
-const FAULTS: [(Fault, u32); 6] = [
+const FAULTS: [(Fault, u32); 7] = [
     (Fault::KillLeader, 25),
     (Fault::KillWorker, 20),
     (Fault::StopBeat, 15),
+    (Fault::StopBeatShort, 5),
     (Fault::KillRedis, 15),
     (Fault::Reload, 15),
     (Fault::InvalidReload, 10),
@@ -260,15 +263,20 @@ impl Driver {
                 let pid = self.cluster.start(Kind::Worker, i)?;
                 self.log(format!("worker-{i} restarted (pid {pid})"));
             }
-            Fault::StopBeat => {
+            Fault::StopBeat | Fault::StopBeatShort => {
                 let leader = self.leader();
                 let i = match leader {
                     Some(l) if self.rng.random_bool(0.7) => l,
                     _ => self.pick(self.opts.beats),
                 };
-                let pause = Duration::from_millis(
-                    self.opts.lease_ttl_ms + self.rng.random_range(500..3000),
-                );
+                let ttl = self.opts.lease_ttl_ms;
+                let pause = Duration::from_millis(match fault {
+                    // Longer than the lease: a standby takes over; the resumed beat must not
+                    // fire again.
+                    Fault::StopBeat => ttl + self.rng.random_range(500..3000),
+                    // Shorter: the leader keeps its lease (or loses it at the edge) and resumes.
+                    _ => self.rng.random_range(ttl * 5 / 10..ttl),
+                });
                 self.cluster.stop(Kind::Beat, i);
                 let role = if leader == Some(i) {
                     "leader"
@@ -597,6 +605,7 @@ fn run(opts: Opts) -> Result<bool, String> {
         results: &results,
         queues: &queues,
         killed_worker_pids: &killed,
+        worker_pids: &d.cluster.worker_pids.iter().copied().collect(),
         faults: &d.faults,
         crashes: &crashes,
         allow_known_bugs: d.opts.allow_known_bugs,
@@ -615,15 +624,16 @@ fn run(opts: Opts) -> Result<bool, String> {
     );
     println!("audit window {} .. {}", w0.to_rfc3339(), w1.to_rfc3339());
     println!();
-    print!("{}", audit::table(&report, &d.faults));
+    let mut text = audit::table(&report, &d.faults);
     let ok = report.violations.is_empty();
     if !ok {
-        println!();
-        println!("VIOLATIONS:");
+        text.push_str("\nVIOLATIONS:\n");
         for v in &report.violations {
-            println!("  {v}");
+            text.push_str(&format!("  {v}\n"));
         }
     }
+    print!("{text}");
+    let _ = std::fs::write(dir.join("report.txt"), &text);
     let keep = !ok || d.opts.keep;
     let events = d.events.join("\n");
     let _ = std::fs::write(dir.join("events.txt"), events);

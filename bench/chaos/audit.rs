@@ -84,6 +84,9 @@ pub struct Input<'a> {
     pub results: &'a HashMap<String, ResultRecord>,
     pub queues: &'a BTreeMap<String, QueueState>,
     pub killed_worker_pids: &'a HashSet<u32>,
+    /// Every worker pid of the run: a task whose `$PPID` is none of them (1, after
+    /// reparenting) started after its worker died, i.e. was killed.
+    pub worker_pids: &'a HashSet<u32>,
     pub faults: &'a BTreeMap<&'static str, usize>,
     pub crashes: &'a [String],
     /// Count known product bugs (with an ignored regression test) without failing.
@@ -512,7 +515,10 @@ pub fn audit(input: &Input) -> Report {
         if execs.len() > 1 {
             let by_killed = execs
                 .iter()
-                .filter(|e| input.killed_worker_pids.contains(&e.worker_pid))
+                .filter(|e| {
+                    input.killed_worker_pids.contains(&e.worker_pid)
+                        || !input.worker_pids.contains(&e.worker_pid)
+                })
                 .count();
             if by_killed >= execs.len() - 1 {
                 r.tasks_duplicated_after_kill += 1;

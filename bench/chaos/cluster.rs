@@ -76,6 +76,8 @@ pub struct Cluster {
     pub procs: Vec<Proc>,
     /// Every worker pid the driver SIGKILLed (its task executions may repeat).
     pub killed_worker_pids: Vec<u32>,
+    /// Every worker pid ever started.
+    pub worker_pids: Vec<u32>,
     pub crashes: Vec<Crash>,
 }
 
@@ -128,6 +130,7 @@ impl Cluster {
             redis: None,
             procs: Vec::new(),
             killed_worker_pids: Vec::new(),
+            worker_pids: Vec::new(),
             crashes: Vec::new(),
         }
     }
@@ -226,6 +229,9 @@ impl Cluster {
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.celeriac.display()))?;
         let pid = child.id();
+        if kind == Kind::Worker {
+            self.worker_pids.push(pid);
+        }
         match self
             .procs
             .iter_mut()
