@@ -260,6 +260,12 @@ pub fn audit(input: &Input) -> Report {
             "leader_acquired" if e.at_ms >= ms(w0) && e.at_ms <= ms(w1) => {
                 r.leader_acquisitions += 1
             }
+            "unparsed" => violation(
+                &mut r,
+                &mut counts,
+                "journal",
+                format!("batch line not understood: {:?}", e.detail),
+            ),
             "reload_applied" => r.reloads_applied += 1,
             "reload_rejected" => r.reloads_rejected += 1,
             _ => {}

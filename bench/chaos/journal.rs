@@ -61,6 +61,16 @@ fn bulk(v: &Value) -> String {
     }
 }
 
+/// A nominal instant as Unix ms (fire script entries) or RFC 3339 (the beat's own entries).
+fn parse_nominal(s: &str) -> Option<DateTime<Utc>> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Utc.timestamp_millis_opt(ms).single();
+    }
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
 fn parse_entries(v: &Value) -> Vec<Entry> {
     let mut out = Vec::new();
     let Value::Array(entries) = v else {
@@ -82,15 +92,57 @@ fn parse_entries(v: &Value) -> Vec<Entry> {
             }
         }
         let g = |k: &str| m.get(k).cloned().unwrap_or_default();
+        let at_ms = g("at").parse().unwrap_or(0);
+        // A batch of routine fires is one entry: `ticks` = lines
+        // "schedule\tqueue\tid\tnominal_ms" (each line one fired tick).
+        if let Some(ticks) = m.get("ticks") {
+            for line in ticks.lines() {
+                let f: Vec<&str> = line.split('\t').collect();
+                let [schedule, queue, msg, nominal] = f[..] else {
+                    out.push(Entry {
+                        id: id.clone(),
+                        at_ms,
+                        schedule: String::new(),
+                        event: "unparsed".into(),
+                        nominal: None,
+                        fire_id: String::new(),
+                        detail: line.to_string(),
+                        beat: g("beat"),
+                    });
+                    continue;
+                };
+                let nominal = parse_nominal(nominal);
+                out.push(Entry {
+                    id: id.clone(),
+                    at_ms,
+                    schedule: schedule.to_string(),
+                    event: g("event"),
+                    nominal,
+                    fire_id: nominal
+                        .map(|n| celeriac::beat::store::fire_id(schedule, n))
+                        .unwrap_or_default(),
+                    detail: format!("message {msg} on {queue}"),
+                    beat: g("beat"),
+                });
+            }
+            continue;
+        }
+        let schedule = g("schedule");
+        let nominal = parse_nominal(&g("nominal"));
+        let mut fire_id = g("fire_id");
+        if fire_id.is_empty()
+            && !schedule.is_empty()
+            && let Some(n) = nominal
+        {
+            fire_id = celeriac::beat::store::fire_id(&schedule, n);
+        }
         out.push(Entry {
             id,
-            at_ms: g("at").parse().unwrap_or(0),
-            schedule: g("schedule"),
+            at_ms,
+            schedule,
             event: g("event"),
-            nominal: DateTime::parse_from_rfc3339(&g("nominal"))
-                .ok()
-                .map(|t| t.with_timezone(&Utc)),
-            fire_id: g("fire_id"),
+            nominal,
+            fire_id,
             detail: g("detail"),
             beat: g("beat"),
         });
@@ -143,9 +195,13 @@ pub fn run(url: String, key: String, tail: Arc<Tail>) {
                 }
             }
         }
+        // BLOCK: returns as soon as anything is added, so the reader stays right behind the
+        // writers (the fire script trims the stream harder when its batches are large).
         let reply = redis::cmd("XREAD")
             .arg("COUNT")
             .arg(5000)
+            .arg("BLOCK")
+            .arg(100)
             .arg("STREAMS")
             .arg(&key)
             .arg(&last)
@@ -178,6 +234,5 @@ pub fn run(url: String, key: String, tail: Arc<Tail>) {
         if stopping {
             return;
         }
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
