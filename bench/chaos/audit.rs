@@ -221,9 +221,9 @@ pub fn audit(input: &Input) -> Report {
                 }
             }
             "misfired" => {
-                if !e.fire_id.is_empty() {
-                    mark_dropped(e.fire_id.clone(), e.at_ms);
-                } else if let Some((a, b)) = dropped_range(&e.detail) {
+                // A takeover's entry names a range (and its last tick as the nominal); a
+                // steady-state one names its tick.
+                if let Some((a, b)) = dropped_range(&e.detail) {
                     match input.schedules.get(&e.schedule) {
                         Some(s) => {
                             let list = ticks(&s.timing, a, b);
@@ -253,6 +253,8 @@ pub fn audit(input: &Input) -> Report {
                             format!("misfire entry for an unknown schedule: {e:?}"),
                         ),
                     }
+                } else if !e.fire_id.is_empty() {
+                    mark_dropped(e.fire_id.clone(), e.at_ms);
                 } else if let Some(n) = e.nominal {
                     mark_dropped(fire_id(&e.schedule, n), e.at_ms);
                 }
