@@ -2,6 +2,7 @@
 //! Each test is `#[ignore]`d while its bug is open: run them with
 //! `cargo test --test it chaos_regressions -- --ignored`. Remove the `#[ignore]` with the fix.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -29,8 +30,8 @@ fn beat(config: &std::path::Path, url: &str, log: std::path::PathBuf) -> Daemon 
     Daemon::spawn(cmd, log)
 }
 
-/// The journal as (event, schedule, fire_id, detail).
-fn journal(server: &RedisServer) -> Vec<(String, String, String, String)> {
+/// The journal entries, as field maps.
+fn journal(server: &RedisServer) -> Vec<HashMap<String, String>> {
     let mut c = server.connection();
     let v: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
         .arg("celeriac:beat:journal")
@@ -39,17 +40,35 @@ fn journal(server: &RedisServer) -> Vec<(String, String, String, String)> {
         .query(&mut c)
         .unwrap();
     v.into_iter()
-        .map(|(_, fields)| {
-            let get = |k: &str| {
-                fields
-                    .iter()
-                    .find(|(f, _)| f == k)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default()
-            };
-            (get("event"), get("schedule"), get("fire_id"), get("detail"))
-        })
+        .map(|(_, fields)| fields.into_iter().collect())
         .collect()
+}
+
+/// Whether an entry says `schedule`'s tick at `tick_ms` fired (a routine batch's `ticks` line,
+/// or a per-fire entry with its nominal instant in ms or RFC 3339 or its fire id) or was
+/// dropped by the misfire policy (any `misfired` entry of the schedule).
+fn accounts_for(e: &HashMap<String, String>, schedule: &str, tick_ms: i64) -> bool {
+    let get = |k: &str| e.get(k).map(String::as_str).unwrap_or("");
+    let tick = Utc.timestamp_millis_opt(tick_ms).unwrap();
+    let fid = format!(
+        "{schedule}@{}",
+        tick.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    );
+    match get("event") {
+        "misfired" => get("schedule") == schedule,
+        "fired" | "caught_up" => {
+            let nominal_is_tick = get("nominal").parse::<i64>().ok() == Some(tick_ms)
+                || DateTime::parse_from_rfc3339(get("nominal"))
+                    .is_ok_and(|t| t.timestamp_millis() == tick_ms);
+            get("ticks").lines().any(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                f.first() == Some(&schedule)
+                    && f.last().and_then(|n| n.parse().ok()) == Some(tick_ms)
+            }) || get("fire_id") == fid
+                || (get("schedule") == schedule && nominal_is_tick)
+        }
+        _ => false,
+    }
 }
 
 /// **Bug: the first tick of a schedule that never fired is lost without a trace when it
@@ -122,10 +141,7 @@ fn first_tick_missed_while_no_beat_leads_is_neither_caught_up_nor_journaled() {
     let deadline = std::time::Instant::now() + Duration::from_secs(6);
     loop {
         let j = journal(&server);
-        let accounted = j.iter().any(|(event, schedule, fid, _)| {
-            (matches!(event.as_str(), "fired" | "caught_up") && *fid == fire_id)
-                || (event == "misfired" && schedule == "first")
-        });
+        let accounted = j.iter().any(|e| accounts_for(e, "first", tick_ms));
         if accounted {
             break;
         }
@@ -137,4 +153,45 @@ fn first_tick_missed_while_no_beat_leads_is_neither_caught_up_nor_journaled() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The reproduction above recognises a fired tick in every journal form the beat writes.
+#[test]
+fn accounts_for_reads_batched_and_per_fire_journal_entries() {
+    let tick_ms = 1_795_789_230_000;
+    let e = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let batch = e(&[
+        ("event", "fired"),
+        (
+            "ticks",
+            "other\tdefault\tid1\t1795789230000\nfirst\tdefault\tid2\t1795789230000",
+        ),
+    ]);
+    assert!(accounts_for(&batch, "first", tick_ms));
+    assert!(!accounts_for(&batch, "first", tick_ms + 10_000));
+    let caught_up_ms = e(&[
+        ("event", "caught_up"),
+        ("schedule", "first"),
+        ("nominal", "1795789230000"),
+    ]);
+    assert!(accounts_for(&caught_up_ms, "first", tick_ms));
+    let old_form = e(&[
+        ("event", "caught_up"),
+        ("schedule", "first"),
+        ("fire_id", "first@2026-11-27T14:20:30Z"),
+        ("nominal", "2026-11-27T14:20:30Z"),
+    ]);
+    assert!(accounts_for(&old_form, "first", tick_ms));
+    let misfired = e(&[("event", "misfired"), ("schedule", "first")]);
+    assert!(accounts_for(&misfired, "first", tick_ms));
+    assert!(!accounts_for(
+        &e(&[("event", "leader_acquired")]),
+        "first",
+        tick_ms
+    ));
 }
