@@ -97,6 +97,7 @@ pub struct Input<'a> {
 pub struct Report {
     pub ticks_expected: usize,
     pub ticks_fired: usize,
+    pub ticks_fired_more_than_once: usize,
     pub ticks_caught_up: usize,
     pub ticks_doubled: usize,
     pub ticks_dropped_journaled: usize,
@@ -370,6 +371,12 @@ pub fn audit(input: &Input) -> Report {
                 r.ticks_expected += 1;
                 if let Some(msgs) = f {
                     r.ticks_fired += 1;
+                    let mut ids: Vec<&String> = msgs.iter().map(|m| &m.0).collect();
+                    ids.sort();
+                    ids.dedup();
+                    if ids.len() > 1 {
+                        r.ticks_fired_more_than_once += 1;
+                    }
                     if msgs.iter().any(|m| m.2 == "caught_up") {
                         r.ticks_caught_up += 1;
                     }
@@ -607,7 +614,7 @@ pub fn table(r: &Report, faults: &BTreeMap<&'static str, usize>) -> String {
     let _ = writeln!(
         s,
         "| fired exactly once | {} |",
-        r.ticks_fired - r.ticks_doubled.min(r.ticks_fired)
+        r.ticks_fired - r.ticks_fired_more_than_once
     );
     let _ = writeln!(
         s,
@@ -619,7 +626,7 @@ pub fn table(r: &Report, faults: &BTreeMap<&'static str, usize>) -> String {
         "| dropped by the misfire policy, journaled, no beat firing | {} |",
         r.ticks_dropped_journaled
     );
-    let _ = writeln!(s, "| doubled | {} |", r.ticks_doubled);
+    let _ = writeln!(s, "| doubled (any tick of the run) | {} |", r.ticks_doubled);
     let _ = writeln!(s, "| lost | {} |", r.ticks_lost);
     let _ = writeln!(
         s,
