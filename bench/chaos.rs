@@ -617,7 +617,11 @@ fn run(opts: Opts) -> Result<bool, String> {
         "chaos soak: seed {seed}, {} s of faults, {} fixed + {} dynamic schedules, {} beats, {} workers, appendfsync {}",
         window.as_secs(),
         d.opts.schedules,
-        d.serial,
+        d.serial
+            - d.faults
+                .get(Fault::InvalidReload.name())
+                .copied()
+                .unwrap_or(0),
         d.opts.beats,
         d.opts.workers,
         d.opts.appendfsync
