@@ -66,8 +66,10 @@ struct Opts {
     worker_lease_ms: u64,
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
-    /// Redis `appendfsync` (everysec as in production; `always` for a stricter run).
-    #[arg(long, default_value = "everysec")]
+    /// Redis `appendfsync`. `always` (default): Redis never acknowledges a write it has not
+    /// written, so every loss is the product's. `everysec`: as in production, but a SIGKILLed
+    /// Redis may lose ~1-2 s of acknowledged writes when its fsync lags (docs/chaos.md).
+    #[arg(long, default_value = "always")]
     appendfsync: String,
     /// Mean pause between two faults, ms.
     #[arg(long, default_value_t = 4000)]
