@@ -24,6 +24,7 @@ struct State {
     leader: Option<(String, u64)>,
     epoch: u64,
     last: HashMap<String, DateTime<Utc>>,
+    armed: HashMap<String, DateTime<Utc>>,
     inflight: HashMap<String, (String, String)>,
     paused: HashSet<String>,
     journal: VecDeque<JournalEntry>,
@@ -149,6 +150,28 @@ impl BeatStore for MemoryBeatStore {
     ) -> Result<Vec<Option<DateTime<Utc>>>, BrokerError> {
         let s = self.state.lock().expect("beat store poisoned");
         Ok(schedules.iter().map(|n| s.last.get(n).copied()).collect())
+    }
+
+    async fn arm(&self, schedules: &[String], at: DateTime<Utc>) -> Result<(), BrokerError> {
+        let mut s = self.state.lock().expect("beat store poisoned");
+        for name in schedules {
+            s.armed.entry(name.clone()).or_insert(at);
+        }
+        Ok(())
+    }
+
+    async fn armed(&self, schedules: &[String]) -> Result<Vec<Option<DateTime<Utc>>>, BrokerError> {
+        let s = self.state.lock().expect("beat store poisoned");
+        Ok(schedules.iter().map(|n| s.armed.get(n).copied()).collect())
+    }
+
+    async fn forget(&self, schedules: &[String]) -> Result<(), BrokerError> {
+        let mut s = self.state.lock().expect("beat store poisoned");
+        for name in schedules {
+            s.last.remove(name);
+            s.armed.remove(name);
+        }
+        Ok(())
     }
 
     async fn journal(&self, entries: &[JournalEntry]) -> Result<(), BrokerError> {

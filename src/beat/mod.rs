@@ -91,6 +91,12 @@ pub struct BeatStatus {
     pub misfired: u64,
     pub last_fire: Option<(String, DateTime<Utc>)>,
     pub reloads: u64,
+    /// Set while leading and idle: the wall-clock instant the loop sleeps until (its next
+    /// tick; `DateTime::MAX_UTC` when none), so every tick due before it has been fired,
+    /// skipped or dropped. `None` while busy, standing by, or applying a reload. A test that
+    /// drives a [`crate::clock::ManualClock`] sets the time `t` and waits until this is
+    /// after `t`.
+    pub settled: Option<DateTime<Utc>>,
 }
 
 impl BeatStatus {
@@ -130,6 +136,9 @@ impl BeatError {
 struct Running {
     cfg: Arc<ScheduleConfig>,
     policy: Policy,
+    /// When this beat installed the schedule (added at start or by a reload): with no record
+    /// of a fire, ticks after it are owed (see [`BeatStore::arm`]).
+    since: DateTime<Utc>,
 }
 
 struct Leadership {
@@ -198,6 +207,17 @@ impl Beat {
             lease_ttl = ?self.options.lease_ttl,
             "beat started"
         );
+        // Record when the schedules were installed, unless a beat did before (see
+        // `BeatStore::arm`); grouped by instant (all the same at start).
+        let mut by_since: HashMap<DateTime<Utc>, Vec<String>> = HashMap::new();
+        for (name, r) in &self.running {
+            by_since.entry(r.since).or_default().push(name.clone());
+        }
+        for (since, names) in by_since {
+            if let Err(e) = self.store.arm(&names, since).await {
+                tracing::warn!(error = %e, "cannot record the schedules' start; using this beat's own");
+            }
+        }
         let mut ready = false;
         loop {
             if shutdown.is_cancelled() {
@@ -228,6 +248,11 @@ impl Beat {
             } else {
                 None
             };
+            let settled = (self.is_firing() && self.pending.is_empty())
+                .then(|| wall_wake.unwrap_or(DateTime::<Utc>::MAX_UTC));
+            if self.status.borrow().settled != settled {
+                self.status.send_modify(|s| s.settled = settled);
+            }
             let mut mono_wake = match &self.leader {
                 Some(l) => l.next_renew.min(l.valid_until),
                 None => self.next_claim,
@@ -446,12 +471,24 @@ impl Beat {
                 return;
             }
         };
+        // A schedule that never fired is owed its ticks since it was first armed (by any
+        // beat, else by this one): the ticks due while a previous leader was dying, or
+        // between loading the configuration and winning the lease, are caught up by policy.
+        let armed = match self.store.armed(&names).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read when schedules were armed; using this beat's own");
+                vec![None; names.len()]
+            }
+        };
         self.agenda = Agenda::new();
         let mut fires = Vec::new();
         let mut entries = Vec::new();
-        for (name, last) in names.iter().zip(last) {
+        for ((name, last), armed) in names.iter().zip(last).zip(armed) {
             let r = &self.running[name];
-            let plan = misfire::plan_catch_up(&r.cfg.timing, last, now, r.policy);
+            let since = armed.unwrap_or(r.since);
+            let reference = Some(last.map_or(since, |l| l.max(since)));
+            let plan = misfire::plan_catch_up(&r.cfg.timing, reference, now, r.policy);
             if plan.dropped > 0 {
                 let mut e = JournalEntry::new(
                     "misfired",
@@ -788,7 +825,9 @@ impl Beat {
                         self.agenda
                             .upsert(name.as_str().into(), cfg.timing.clone(), now);
                     }
-                    self.running.insert(name.clone(), Running { cfg, policy });
+                    let since = r.since;
+                    self.running
+                        .insert(name.clone(), Running { cfg, policy, since });
                     changed.push(name.clone());
                 }
                 None => {
@@ -796,17 +835,43 @@ impl Beat {
                     let policy = Self::policy_of(&cfg, now);
                     self.agenda
                         .upsert(name.as_str().into(), cfg.timing.clone(), now);
-                    self.running.insert(name.clone(), Running { cfg, policy });
+                    self.running.insert(
+                        name.clone(),
+                        Running {
+                            cfg,
+                            policy,
+                            since: now,
+                        },
+                    );
                     added.push(name.clone());
                 }
             }
         }
+        // Fires waiting for a retry belong to schedules that may be gone now.
+        self.pending
+            .retain(|f| self.running.contains_key(&f.schedule));
         self.config = config;
         (added, changed, removed)
     }
 
     async fn apply_reload(&mut self, config: Arc<Config>) {
+        let now = self.clock.now();
         let (added, changed, removed) = self.install(config);
+        self.status.send_modify(|s| s.settled = None);
+        // A removed schedule leaves no record behind: added back later, it starts afresh
+        // from then rather than catching up the ticks of the time it was absent (on this
+        // beat's next takeover, or another beat's). Best effort: a beat that misses this
+        // falls back to the grace window of the old record.
+        if !removed.is_empty()
+            && let Err(e) = self.store.forget(&removed).await
+        {
+            tracing::warn!(error = %e, "cannot forget the removed schedules' records");
+        }
+        if !added.is_empty()
+            && let Err(e) = self.store.arm(&added, now).await
+        {
+            tracing::warn!(error = %e, "cannot record the added schedules' start");
+        }
         self.status.send_modify(|s| s.reloads += 1);
         metrics::counter!(m::RELOADS, "result" => "applied").increment(1);
         self.publish_status();

@@ -5,6 +5,8 @@
 //! - `beat:leader`  STRING `token:epoch`, PX = lease ttl (Redis's clock decides expiry)
 //! - `beat:epoch`   counter, incremented by each new acquisition (fencing)
 //! - `beat:last`    HASH schedule -> last fired nominal instant (Unix ms)
+//! - `beat:armed`  HASH schedule -> when a beat first ran it (Unix ms; set if absent): a
+//!   schedule that never fired is owed its ticks after this instant
 //! - `beat:last_message` HASH schedule -> `queue\tid\tnominal_ms` of its last message
 //! - `beat:paused`  SET of paused schedules
 //! - `beat:journal` STREAM of every decision, capped (approximately) at `journal_limit`
@@ -27,6 +29,7 @@ use super::store::{BeatStore, Claim, Fire, FireOutcome, JournalEntry, LeaderToke
 use crate::broker::{BrokerError, RedisBroker, enqueue_lua_lib};
 
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/claim.lua")));
+static ARM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/arm.lua")));
 static RESIGN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/resign.lua")));
 static FIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
@@ -138,6 +141,27 @@ impl RedisBeatStore {
                 })
             })
             .collect())
+    }
+
+    /// HMGET of Unix-ms instants from a hash of schedules.
+    async fn instants(
+        &self,
+        key: &str,
+        schedules: &[String],
+    ) -> Result<Vec<Option<DateTime<Utc>>>, BrokerError> {
+        let mut out = Vec::with_capacity(schedules.len());
+        for chunk in schedules.chunks(10_000) {
+            let v = self
+                .broker
+                .command(redis::cmd("HMGET").arg(self.key(key)).arg(chunk))
+                .await?;
+            out.extend(items(&v).iter().map(|x| {
+                string(x)
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+            }));
+        }
+        Ok(out)
     }
 
     async fn fire_chunk(
@@ -285,19 +309,34 @@ impl BeatStore for RedisBeatStore {
         &self,
         schedules: &[String],
     ) -> Result<Vec<Option<DateTime<Utc>>>, BrokerError> {
-        let mut out = Vec::with_capacity(schedules.len());
+        self.instants("beat:last", schedules).await
+    }
+
+    async fn arm(&self, schedules: &[String], at: DateTime<Utc>) -> Result<(), BrokerError> {
         for chunk in schedules.chunks(10_000) {
-            let v = self
-                .broker
-                .command(redis::cmd("HMGET").arg(self.key("beat:last")).arg(chunk))
-                .await?;
-            out.extend(items(&v).iter().map(|x| {
-                string(x)
-                    .and_then(|s| s.parse::<i64>().ok())
-                    .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
-            }));
+            let mut inv = ARM.prepare_invoke();
+            inv.key(self.key("beat:armed")).arg(at.timestamp_millis());
+            for name in chunk {
+                inv.arg(name);
+            }
+            self.broker.invoke_script(&inv).await?;
         }
-        Ok(out)
+        Ok(())
+    }
+
+    async fn armed(&self, schedules: &[String]) -> Result<Vec<Option<DateTime<Utc>>>, BrokerError> {
+        self.instants("beat:armed", schedules).await
+    }
+
+    async fn forget(&self, schedules: &[String]) -> Result<(), BrokerError> {
+        for chunk in schedules.chunks(10_000) {
+            for key in ["beat:last", "beat:armed"] {
+                self.broker
+                    .command(redis::cmd("HDEL").arg(self.key(key)).arg(chunk))
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     async fn journal(&self, entries: &[JournalEntry]) -> Result<(), BrokerError> {

@@ -135,6 +135,33 @@ pub trait BeatStore: Send + Sync + 'static {
         schedules: &[String],
     ) -> Result<Vec<Option<DateTime<Utc>>>, BrokerError>;
 
+    /// Records that `schedules` are on a beat's agenda since `at`, for those not recorded yet
+    /// (so the record is the earliest instant any beat ran them). A schedule that has never
+    /// fired is owed its ticks after this instant: on start or takeover they are caught up by
+    /// the misfire policy exactly as ticks after a recorded last fire are. Without it, a
+    /// brand-new schedule whose leader died before its first tick would silently lose the
+    /// ticks due during the failover.
+    ///
+    /// The default does nothing (the beat then falls back to when it installed the schedule).
+    async fn arm(&self, schedules: &[String], at: DateTime<Utc>) -> Result<(), BrokerError> {
+        let _ = (schedules, at);
+        Ok(())
+    }
+
+    /// The instant each schedule was first armed ([`BeatStore::arm`]), `None` if never.
+    async fn armed(&self, schedules: &[String]) -> Result<Vec<Option<DateTime<Utc>>>, BrokerError> {
+        Ok(vec![None; schedules.len()])
+    }
+
+    /// Forgets the last-fired and armed records of schedules removed from the configuration,
+    /// so that adding one back later starts it afresh from then instead of catching up the
+    /// ticks of the time it was absent. (The short-lived per-tick fire keys stay: a tick
+    /// cannot fire twice either way.) The default does nothing.
+    async fn forget(&self, schedules: &[String]) -> Result<(), BrokerError> {
+        let _ = schedules;
+        Ok(())
+    }
+
     /// Appends decisions to the journal (bounded).
     async fn journal(&self, entries: &[JournalEntry]) -> Result<(), BrokerError>;
 

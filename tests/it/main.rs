@@ -1,6 +1,7 @@
 //! The one integration test binary. Each module tests one area; `util` holds the helpers
 //! (temp dirs, running the real `celeriac` binary, private redis-server processes).
 
+mod beat_core;
 mod beat_waves;
 mod broker_contract;
 mod broker_redis;
