@@ -2,6 +2,7 @@
 //! (temp dirs, running the real `celeriac` binary, private redis-server processes).
 
 mod beat_core;
+mod beat_process;
 mod beat_waves;
 mod broker_contract;
 mod broker_redis;

@@ -1,0 +1,549 @@
+//! Real `celeriac beat` processes on a private redis-server: several beats racing, the
+//! leader SIGKILLed or SIGSTOPped past its lease, Redis killed and restarted, and hot
+//! reloads (editor-style atomic save, Kubernetes ConfigMap symlink swap, SIGHUP, an invalid
+//! file).
+//!
+//! What is checked is deterministic: every tick of a schedule fired at most once (by
+//! fire_id, in the journal and in the queue), no gap where the misfire policy says the missed
+//! ticks are caught up, and which beat leads. Time bounds are generous; exact timings are
+//! never asserted.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use celeriac::beat::redis_store::RedisBeatStore;
+use celeriac::beat::store::{BeatStore, JournalEntry};
+use celeriac::broker::{RedisBroker, RedisBrokerOptions, TaskMessage};
+use chrono::{DateTime, Utc};
+
+use crate::redis_server::{RedisOptions, RedisServer};
+use crate::util::{Daemon, celeriac, eventually};
+
+/// Lease ttl of the beats here: short, so failovers are quick.
+const TTL: Duration = Duration::from_secs(2);
+const TTL_ARG: &str = "2s";
+/// Generous bound for things that take well under a second on an idle machine.
+const SOON: Duration = Duration::from_secs(20);
+
+const HEADER: &str = "queues:\n  default: {}\ntasks:\n  noop: {builtin: noop}\nschedules:\n";
+
+/// A private redis-server, a configuration directory, and a library view of the beat
+/// store for inspection.
+struct Cluster {
+    server: RedisServer,
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+    store: Arc<RedisBeatStore>,
+    broker: Arc<RedisBroker>,
+    logs: AtomicUsize,
+}
+
+impl Cluster {
+    /// `schedules` is the `schedules:` block (entries indented by two spaces), written to
+    /// `conf/beat.yaml`.
+    async fn new(schedules: &str, options: RedisOptions) -> Cluster {
+        let server = RedisServer::start_with(options);
+        let dir = tempfile::Builder::new()
+            .prefix("celeriac-beat-")
+            .tempdir()
+            .expect("temp dir");
+        let conf = dir.path().join("conf");
+        std::fs::create_dir(&conf).unwrap();
+        std::fs::write(conf.join("beat.yaml"), format!("{HEADER}{schedules}")).unwrap();
+        let broker = Arc::new(
+            RedisBroker::connect(
+                &server.url(),
+                RedisBrokerOptions {
+                    reconnect_min: Duration::from_millis(20),
+                    reconnect_max: Duration::from_millis(200),
+                    response_timeout: Duration::from_secs(2),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("connect to the private redis-server"),
+        );
+        let store = Arc::new(RedisBeatStore::new(broker.clone(), "test"));
+        Cluster {
+            server,
+            dir,
+            conf,
+            store,
+            broker,
+            logs: AtomicUsize::new(0),
+        }
+    }
+
+    /// Starts `celeriac beat -c CONF`, logging to a file of its own.
+    fn beat(&self) -> Daemon {
+        self.beat_on(&self.conf)
+    }
+
+    fn beat_on(&self, conf: &Path) -> Daemon {
+        let n = self.logs.fetch_add(1, Ordering::Relaxed);
+        let mut cmd = celeriac();
+        cmd.arg("beat")
+            .arg("-c")
+            .arg(conf)
+            .arg("--broker")
+            .arg(self.server.url())
+            .arg("--allow-root")
+            .arg("--lease-ttl")
+            .arg(TTL_ARG);
+        for var in [
+            "CELERIAC_BROKER",
+            "CELERIAC_CONFIG",
+            "CELERIAC_LOG_FORMAT",
+            "CELERIAC_KEY_PREFIX",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("CELERIAC_LOG", "info");
+        Daemon::spawn(cmd, self.dir.path().join(format!("beat-{n}.log")))
+    }
+
+    async fn journal(&self) -> Vec<JournalEntry> {
+        // Retried: the first request after a Redis restart meets the broken connection.
+        let mut j = eventually("the journal to be readable", SOON, || async {
+            self.store.read_journal(None, 9_000).await.ok()
+        })
+        .await;
+        j.reverse();
+        j
+    }
+
+    /// Fired or caught-up entries of a schedule, oldest first.
+    async fn fires(&self, schedule: &str) -> Vec<JournalEntry> {
+        self.journal()
+            .await
+            .into_iter()
+            .filter(|e| {
+                e.schedule.as_deref() == Some(schedule)
+                    && (e.event == "fired" || e.event == "caught_up")
+            })
+            .collect()
+    }
+
+    /// The nominal instants fired for a schedule, sorted; panics if one fired twice.
+    async fn fired_once(&self, schedule: &str) -> Vec<DateTime<Utc>> {
+        let fires = self.fires(schedule).await;
+        let mut seen = BTreeSet::new();
+        for e in &fires {
+            let t = e.nominal.expect("fire entries carry the nominal instant");
+            assert!(
+                seen.insert(t),
+                "{schedule}@{t} fired twice: {:#?}",
+                fires
+                    .iter()
+                    .filter(|x| x.nominal == Some(t))
+                    .collect::<Vec<_>>()
+            );
+        }
+        seen.into_iter().collect()
+    }
+
+    /// Waits until a schedule has fired at least `n` ticks in all.
+    async fn wait_fires(&self, schedule: &str, n: usize, timeout: Duration) {
+        eventually(&format!("{n} fires of {schedule}"), timeout, || async {
+            (self.fires(schedule).await.len() >= n).then_some(())
+        })
+        .await;
+    }
+
+    /// The pid of the leading beat (from the lease value `host/pid/random:epoch`).
+    async fn leader_pid(&self) -> Option<u32> {
+        let (value, _) = self.store.leader().await.ok()??;
+        value.split('/').nth(1)?.parse().ok()
+    }
+
+    /// Every message in the queue, decoded.
+    async fn queued(&self) -> Vec<TaskMessage> {
+        let key = format!("{}{{q:default}}:msg", self.broker.prefix());
+        let v = eventually("the queue to be readable", SOON, || async {
+            self.broker
+                .command(redis::cmd("HVALS").arg(&key))
+                .await
+                .ok()
+        })
+        .await;
+        let redis::Value::Array(items) = v else {
+            return Vec::new();
+        };
+        items
+            .iter()
+            .filter_map(|x| match x {
+                redis::Value::BulkString(b) => TaskMessage::from_json(b).ok(),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Journal fires and queued messages agree one to one (by fire_id).
+    async fn assert_queue_matches_journal(&self) {
+        let msgs = self.queued().await;
+        let ids: Vec<String> = msgs.iter().filter_map(|m| m.fire_id.clone()).collect();
+        let unique: BTreeSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len(), "a fire_id was enqueued twice");
+        let journal: BTreeSet<String> = self
+            .journal()
+            .await
+            .into_iter()
+            .filter(|e| e.event == "fired" || e.event == "caught_up")
+            .filter_map(|e| e.fire_id)
+            .collect();
+        assert_eq!(
+            unique.into_iter().cloned().collect::<BTreeSet<String>>(),
+            journal,
+            "queue and journal disagree"
+        );
+    }
+}
+
+/// Consecutive ticks of a 1 s interval: no gap between the first and the last.
+fn assert_contiguous(schedule: &str, ticks: &[DateTime<Utc>]) {
+    for w in ticks.windows(2) {
+        assert_eq!(
+            w[1] - w[0],
+            chrono::Duration::seconds(1),
+            "{schedule}: a gap between {} and {} (all ticks: {ticks:?})",
+            w[0],
+            w[1]
+        );
+    }
+}
+
+fn pid_index(beats: &[Daemon], pid: u32) -> usize {
+    beats
+        .iter()
+        .position(|b| b.pid() == pid)
+        .unwrap_or_else(|| panic!("the leader pid {pid} is none of our beats"))
+}
+
+async fn leader_index(c: &Cluster, beats: &[Daemon]) -> usize {
+    let pid = eventually("a leader", SOON, || c.leader_pid()).await;
+    pid_index(beats, pid)
+}
+
+const CATCH_ALL: &str =
+    "  tick: {task: noop, every: 1s, misfire: {grace: 60s, catch_up: all, max: 100}}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beat_process_three_beats_race_and_every_tick_fires_exactly_once() {
+    let c = Cluster::new(CATCH_ALL, RedisOptions::default()).await;
+    let beats: Vec<Daemon> = (0..3).map(|_| c.beat()).collect();
+    c.wait_fires("tick", 8, Duration::from_secs(30)).await;
+    let ticks = c.fired_once("tick").await;
+    assert_contiguous("tick", &ticks);
+    // One beat acquired the lease; the others stood by.
+    let acquired: Vec<String> = c
+        .journal()
+        .await
+        .into_iter()
+        .filter(|e| e.event == "leader_acquired")
+        .map(|e| e.beat)
+        .collect();
+    assert_eq!(acquired.len(), 1, "{acquired:?}");
+    let leader = leader_index(&c, &beats).await;
+    let fired_by: BTreeSet<String> = c.fires("tick").await.into_iter().map(|e| e.beat).collect();
+    assert_eq!(fired_by.len(), 1, "fired by several beats: {fired_by:?}");
+    for (i, b) in beats.iter().enumerate() {
+        assert_eq!(
+            b.log().contains("became leader"),
+            i == leader,
+            "beat {i}: {}",
+            b.log()
+        );
+    }
+    c.assert_queue_matches_journal().await;
+}
+
+/// Three schedules with different catch-up policies, for the failover tests.
+const POLICIES: &str = "  all: {task: noop, every: 1s, misfire: {grace: 60s, catch_up: all, max: 100}}\n\
+    \x20 latest: {task: noop, every: 1s, misfire: {grace: 60s, catch_up: latest}}\n\
+    \x20 none: {task: noop, every: 1s, misfire: {grace: 60s, catch_up: none}}\n";
+
+/// After a failover: `all` has no gap, `latest` caught up at most one tick per takeover,
+/// `none` caught up nothing; nothing fired twice.
+async fn assert_policies_after_failover(c: &Cluster, takeovers: usize) {
+    let all = c.fired_once("all").await;
+    assert_contiguous("all", &all);
+    c.fired_once("latest").await;
+    c.fired_once("none").await;
+    let caught = |name: &'static str| async move {
+        c.fires(name)
+            .await
+            .into_iter()
+            .filter(|e| e.event == "caught_up")
+            .count()
+    };
+    assert!(caught("latest").await <= takeovers);
+    assert_eq!(caught("none").await, 0);
+    c.assert_queue_matches_journal().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beat_process_sigkill_leader_standby_takes_over_within_the_lease() {
+    let c = Cluster::new(POLICIES, RedisOptions::default()).await;
+    let mut beats = vec![c.beat(), c.beat()];
+    c.wait_fires("all", 3, Duration::from_secs(30)).await;
+    let old = leader_index(&c, &beats).await;
+    let new = 1 - old;
+    let before = c.fires("all").await.len();
+    let killed = Instant::now();
+    beats[old].kill();
+    let new_pid = beats[new].pid();
+    eventually("the standby to take the lease", SOON, || async {
+        (c.leader_pid().await == Some(new_pid)).then_some(())
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(
+        took < TTL + Duration::from_secs(3),
+        "takeover took {took:?} with a {TTL:?} lease"
+    );
+    c.wait_fires("all", before + 4, SOON).await;
+    assert_policies_after_failover(&c, 1).await;
+    // The ticks missed during the failover were decided by policy and journaled.
+    let j = c.journal().await;
+    assert!(
+        j.iter()
+            .any(|e| e.event == "misfired" && e.schedule.as_deref() == Some("none")),
+        "no misfire journaled for `none`"
+    );
+    assert!(beats[new].log().contains("became leader"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beat_process_sigstopped_leader_does_not_fire_stale_ticks_after_sigcont() {
+    let c = Cluster::new(POLICIES, RedisOptions::default()).await;
+    let mut beats = vec![c.beat(), c.beat()];
+    c.wait_fires("all", 3, Duration::from_secs(30)).await;
+    let old = leader_index(&c, &beats).await;
+    let new = 1 - old;
+    beats[old].signal(libc::SIGSTOP);
+    let new_pid = beats[new].pid();
+    eventually("the standby to take the lease", SOON, || async {
+        (c.leader_pid().await == Some(new_pid)).then_some(())
+    })
+    .await;
+    // Stopped well past its lease, with ticks due all along.
+    tokio::time::sleep(TTL).await;
+    let before = c.fires("all").await.len();
+    beats[old].signal(libc::SIGCONT);
+    beats[old].wait_for_log("lost leadership", SOON).await;
+    c.wait_fires("all", before + 3, SOON).await;
+    assert_eq!(c.leader_pid().await, Some(new_pid));
+    assert_policies_after_failover(&c, 1).await;
+    // Nothing fired by the old leader after the new one took over.
+    let old_id = c
+        .fires("all")
+        .await
+        .first()
+        .map(|e| e.beat.clone())
+        .unwrap();
+    let j = c.journal().await;
+    let took_over = j
+        .iter()
+        .position(|e| e.event == "leader_acquired" && !e.beat.is_empty() && e.beat != old_id)
+        .expect("the standby's leader_acquired");
+    let stale: Vec<&JournalEntry> = j[took_over..]
+        .iter()
+        .filter(|e| (e.event == "fired" || e.event == "caught_up") && e.beat == old_id)
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "the old leader fired after the takeover: {stale:#?}"
+    );
+    assert!(beats[old].try_status().is_none(), "the old leader exited");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beat_process_redis_restart_beats_reconnect_log_once_and_continue() {
+    let c = Cluster::new(
+        POLICIES,
+        RedisOptions {
+            appendonly: true,
+            // Every write on disk before the reply: nothing acknowledged is lost by the kill.
+            extra: vec!["--appendfsync".into(), "always".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut c = c;
+    let mut beats = [c.beat(), c.beat()];
+    c.wait_fires("all", 3, Duration::from_secs(30)).await;
+    let before = c.fires("all").await.len();
+    c.server.kill();
+    // Down for longer than the lease.
+    tokio::time::sleep(TTL + Duration::from_secs(1)).await;
+    c.server.start_again();
+    c.wait_fires("all", before + 4, SOON).await;
+    assert_policies_after_failover(&c, 2).await;
+    // Each beat logs the loss once and the recovery once (a standby reconnects on its next
+    // claim, after the link's reconnect backoff of up to 5 s).
+    for (i, b) in beats.iter_mut().enumerate() {
+        b.wait_for_log("broker reachable again", SOON).await;
+        let log = b.log();
+        assert_eq!(
+            log.matches("broker unreachable").count(),
+            1,
+            "beat {i} did not log the loss exactly once:\n{log}"
+        );
+        assert_eq!(
+            log.matches("broker reachable again").count(),
+            1,
+            "beat {i}:\n{log}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Hot reload
+// ---------------------------------------------------------------------------------------
+
+/// Writes `content` to `dir/name` the way editors save: a temp file, then a rename over it.
+fn atomic_save(dir: &Path, name: &str, content: &str) {
+    let tmp = dir.join(format!(".{name}.swp"));
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+async fn reloads_applied(c: &Cluster) -> Vec<String> {
+    c.journal()
+        .await
+        .into_iter()
+        .filter(|e| e.event == "reload_applied")
+        .map(|e| e.detail)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beat_process_hot_reload_atomic_save_invalid_file_and_sighup() {
+    let c = Cluster::new("  a: {task: noop, every: 1s}\n", RedisOptions::default()).await;
+    let mut beat = c.beat();
+    c.wait_fires("a", 2, Duration::from_secs(30)).await;
+
+    // Editor-style save adding `b`.
+    atomic_save(
+        &c.conf,
+        "beat.yaml",
+        &format!("{HEADER}  a: {{task: noop, every: 1s}}\n  b: {{task: noop, every: 1s}}\n"),
+    );
+    eventually("the reload adding b", SOON, || async {
+        reloads_applied(&c)
+            .await
+            .contains(&"added [b], changed [], removed []".to_string())
+            .then_some(())
+    })
+    .await;
+    c.wait_fires("b", 2, SOON).await;
+
+    // An invalid save: rejected with file:line:col, a and b keep firing.
+    atomic_save(
+        &c.conf,
+        "beat.yaml",
+        &format!("{HEADER}  a: {{task: noop, every: 1s}}\n  b: {{tsak: noop, every: 1s}}\n"),
+    );
+    beat.wait_for_log("reload rejected", SOON).await;
+    let log = beat.log();
+    let file = c.conf.join("beat.yaml").display().to_string();
+    let located = log
+        .lines()
+        .any(|l| l.contains(&format!("{file}:7:")) && l.contains("tsak"));
+    assert!(located, "no `{file}:7:COL` error about `tsak` in:\n{log}");
+    let (a0, b0) = (c.fires("a").await.len(), c.fires("b").await.len());
+    c.wait_fires("a", a0 + 2, SOON).await;
+    c.wait_fires("b", b0 + 2, SOON).await;
+    assert!(
+        c.journal()
+            .await
+            .iter()
+            .any(|e| e.event == "reload_rejected" && e.detail.contains("tsak")),
+        "rejection not journaled"
+    );
+
+    // Fixed again, removing b: applied.
+    atomic_save(
+        &c.conf,
+        "beat.yaml",
+        &format!("{HEADER}  a: {{task: noop, every: 1s}}\n"),
+    );
+    eventually("the reload removing b", SOON, || async {
+        reloads_applied(&c)
+            .await
+            .contains(&"added [], changed [], removed [b]".to_string())
+            .then_some(())
+    })
+    .await;
+
+    // SIGHUP reloads even without a change.
+    let n = reloads_applied(&c).await.len();
+    beat.signal(libc::SIGHUP);
+    eventually("the SIGHUP reload", SOON, || async {
+        (reloads_applied(&c).await.len() > n).then_some(())
+    })
+    .await;
+    assert!(beat.log().contains("SIGHUP"), "{}", beat.log());
+    c.fired_once("a").await;
+    let b = c.fired_once("b").await;
+    let last_b = *b.last().unwrap();
+    let a0 = c.fires("a").await.len();
+    c.wait_fires("a", a0 + 2, SOON).await;
+    assert_eq!(
+        c.fired_once("b").await.last(),
+        Some(&last_b),
+        "b fired after removal"
+    );
+    assert!(
+        beat.try_status().is_none(),
+        "the beat exited:\n{}",
+        beat.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beat_process_hot_reload_kubernetes_configmap_symlink_swap() {
+    let c = Cluster::new(
+        "  unused: {task: noop, every: 1h}\n",
+        RedisOptions::default(),
+    )
+    .await;
+    // A ConfigMap volume: beat.yaml -> ..data/beat.yaml, ..data -> ..TIMESTAMP/.
+    let cm = c.dir.path().join("configmap");
+    let v1 = cm.join("..2025_01_01_00_00_00.000000001");
+    std::fs::create_dir_all(&v1).unwrap();
+    std::fs::write(
+        v1.join("beat.yaml"),
+        format!("{HEADER}  a: {{task: noop, every: 1s}}\n"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(v1.file_name().unwrap(), cm.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/beat.yaml", cm.join("beat.yaml")).unwrap();
+    let beat = c.beat_on(&cm);
+    c.wait_fires("a", 2, Duration::from_secs(30)).await;
+
+    // The kubelet's update: a new timestamped dir, a temp symlink, renamed over ..data.
+    let v2 = cm.join("..2025_01_01_00_01_00.000000002");
+    std::fs::create_dir_all(&v2).unwrap();
+    std::fs::write(
+        v2.join("beat.yaml"),
+        format!("{HEADER}  a: {{task: noop, every: 1s}}\n  c: {{task: noop, every: 1s}}\n"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(v2.file_name().unwrap(), cm.join("..data_tmp")).unwrap();
+    std::fs::rename(cm.join("..data_tmp"), cm.join("..data")).unwrap();
+    std::fs::remove_dir_all(&v1).unwrap();
+    eventually("the reload adding c", SOON, || async {
+        reloads_applied(&c)
+            .await
+            .contains(&"added [c], changed [], removed []".to_string())
+            .then_some(())
+    })
+    .await;
+    c.wait_fires("c", 2, SOON).await;
+    c.fired_once("a").await;
+    assert!(beat.log().contains("file change"), "{}", beat.log());
+}
