@@ -132,6 +132,16 @@ impl BeatError {
     }
 }
 
+/// What a reload changed, by schedule name.
+struct Diff {
+    added: Vec<String>,
+    /// Changed settings (timing or anything else).
+    changed: Vec<String>,
+    removed: Vec<String>,
+    /// Of `changed`: those whose timing changed.
+    retimed: Vec<String>,
+}
+
 /// A schedule as the beat runs it.
 struct Running {
     cfg: Arc<ScheduleConfig>,
@@ -474,11 +484,14 @@ impl Beat {
         // A schedule that never fired is owed its ticks since it was first armed (by any
         // beat, else by this one): the ticks due while a previous leader was dying, or
         // between loading the configuration and winning the lease, are caught up by policy.
+        // (When the store answers but has no record, e.g. after it lost its data, the
+        // schedule counts as brand new: nothing to catch up, rather than re-firing a tick
+        // this or another beat may already have fired.)
         let armed = match self.store.armed(&names).await {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read when schedules were armed; using this beat's own");
-                vec![None; names.len()]
+                names.iter().map(|n| Some(self.running[n].since)).collect()
             }
         };
         self.agenda = Agenda::new();
@@ -486,8 +499,10 @@ impl Beat {
         let mut entries = Vec::new();
         for ((name, last), armed) in names.iter().zip(last).zip(armed) {
             let r = &self.running[name];
-            let since = armed.unwrap_or(r.since);
-            let reference = Some(last.map_or(since, |l| l.max(since)));
+            let reference = match (last, armed) {
+                (Some(l), Some(a)) => Some(l.max(a)),
+                (l, a) => l.or(a),
+            };
             let plan = misfire::plan_catch_up(&r.cfg.timing, reference, now, r.policy);
             if plan.dropped > 0 {
                 let mut e = JournalEntry::new(
@@ -797,11 +812,11 @@ impl Beat {
         }
     }
 
-    /// Installs a configuration as a diff against the running one. Returns (added, changed,
-    /// removed) schedule names.
-    fn install(&mut self, config: Arc<Config>) -> (Vec<String>, Vec<String>, Vec<String>) {
+    /// Installs a configuration as a diff against the running one.
+    fn install(&mut self, config: Arc<Config>) -> Diff {
         let now = self.clock.now();
         let (mut added, mut changed, mut removed) = (Vec::new(), Vec::new(), Vec::new());
+        let mut retimed = Vec::new();
         let old: Vec<String> = self.running.keys().cloned().collect();
         for name in old {
             let keep = config.schedules.get(&name).is_some_and(|s| s.enabled);
@@ -825,7 +840,13 @@ impl Beat {
                         self.agenda
                             .upsert(name.as_str().into(), cfg.timing.clone(), now);
                     }
-                    let since = r.since;
+                    // New timing: its ticks are owed from now on, not since the old one's.
+                    let since = if timing_changed {
+                        retimed.push(name.clone());
+                        now
+                    } else {
+                        r.since
+                    };
                     self.running
                         .insert(name.clone(), Running { cfg, policy, since });
                     changed.push(name.clone());
@@ -851,26 +872,39 @@ impl Beat {
         self.pending
             .retain(|f| self.running.contains_key(&f.schedule));
         self.config = config;
-        (added, changed, removed)
+        Diff {
+            added,
+            changed,
+            removed,
+            retimed,
+        }
     }
 
     async fn apply_reload(&mut self, config: Arc<Config>) {
         let now = self.clock.now();
-        let (added, changed, removed) = self.install(config);
+        let Diff {
+            added,
+            changed,
+            removed,
+            retimed,
+        } = self.install(config);
         self.status.send_modify(|s| s.settled = None);
         // A removed schedule leaves no record behind: added back later, it starts afresh
         // from then rather than catching up the ticks of the time it was absent (on this
-        // beat's next takeover, or another beat's). Best effort: a beat that misses this
-        // falls back to the grace window of the old record.
-        if !removed.is_empty()
-            && let Err(e) = self.store.forget(&removed).await
+        // beat's next takeover, or another beat's). Likewise a new timing starts now: the
+        // next leader must not take its ticks from before the reload for missed ones. Best
+        // effort: a beat that misses this falls back to the grace window of the old record.
+        let forget: Vec<String> = removed.iter().chain(&retimed).cloned().collect();
+        if !forget.is_empty()
+            && let Err(e) = self.store.forget(&forget).await
         {
-            tracing::warn!(error = %e, "cannot forget the removed schedules' records");
+            tracing::warn!(error = %e, "cannot forget the removed or retimed schedules' records");
         }
-        if !added.is_empty()
-            && let Err(e) = self.store.arm(&added, now).await
+        let arm: Vec<String> = added.iter().chain(&retimed).cloned().collect();
+        if !arm.is_empty()
+            && let Err(e) = self.store.arm(&arm, now).await
         {
-            tracing::warn!(error = %e, "cannot record the added schedules' start");
+            tracing::warn!(error = %e, "cannot record the added or retimed schedules' start");
         }
         self.status.send_modify(|s| s.reloads += 1);
         metrics::counter!(m::RELOADS, "result" => "applied").increment(1);

@@ -427,6 +427,8 @@ struct Spy {
     /// When the last claim that succeeded was sent.
     last_ok_claim_sent: Mutex<Option<Instant>>,
     claims: AtomicUsize,
+    /// Every tick the store reported as fired: (schedule, nominal).
+    fired: Mutex<Vec<(String, DateTime<Utc>)>>,
 }
 
 impl Spy {
@@ -437,6 +439,7 @@ impl Spy {
             claims_fail: AtomicBool::new(false),
             last_ok_claim_sent: Mutex::new(None),
             claims: AtomicUsize::new(0),
+            fired: Mutex::new(Vec::new()),
         })
     }
 }
@@ -467,7 +470,14 @@ impl BeatStore for Spy {
             .lock()
             .unwrap()
             .push((Instant::now(), fires.len()));
-        self.inner.fire(leader, fires).await
+        let outcomes = self.inner.fire(leader, fires).await?;
+        let mut fired = self.fired.lock().unwrap();
+        for (f, o) in fires.iter().zip(&outcomes) {
+            if *o == FireOutcome::Fired {
+                fired.push((f.schedule.clone(), f.nominal));
+            }
+        }
+        Ok(outcomes)
     }
     async fn last_fired(
         &self,
@@ -1197,4 +1207,66 @@ async fn beat_core_regression_removed_then_readded_schedule_does_not_catch_up_it
         "ticks from while the schedule was removed were fired"
     );
     b.stop().await;
+}
+
+/// Same family as the removed-then-re-added case: a schedule whose timing changes by reload
+/// starts its new timing at the reload; a takeover right after the change must not catch up
+/// ticks of the NEW timing from before the change (the old last-fired record made them look
+/// missed), while the leader that applied the reload never fires them.
+#[tokio::test]
+async fn beat_core_regression_timing_change_is_not_caught_up_from_before_the_change() {
+    let (server, _broker) = redis().await;
+    let hourly =
+        config("  s: {task: noop, every: 60s, misfire: {grace: 10m, catch_up: all, max: 100}}\n");
+    let fast =
+        config("  s: {task: noop, every: 10s, misfire: {grace: 10m, catch_up: all, max: 100}}\n");
+    let clock = ManualClock::new(utc(2025, 1, 1, 0, 0, 30));
+    let sa: Arc<dyn BeatStore> = Arc::new(RedisBeatStore::new(connect(&server).await, "a"));
+    let a = start(hourly.clone(), sa.clone(), &clock, "a", SHORT_TTL);
+    a.settle().await;
+    a.at(utc(2025, 1, 1, 0, 1, 0)).await;
+    clock.set(utc(2025, 1, 1, 0, 1, 35));
+    a.reload(fast.clone()).await;
+    a.stop().await;
+    clock.set(utc(2025, 1, 1, 0, 1, 37));
+    let b = start(fast.clone(), sa.clone(), &clock, "b", SHORT_TTL);
+    b.settle().await;
+    b.at(utc(2025, 1, 1, 0, 1, 40)).await;
+    assert_eq!(
+        fired_once(&*sa, "s").await,
+        [utc(2025, 1, 1, 0, 1, 0), utc(2025, 1, 1, 0, 1, 40)],
+        "ticks of the new timing from before the reload were caught up"
+    );
+    b.stop().await;
+}
+
+/// Guard for the never-fired fix: when the store lost everything (Redis restarted without
+/// persistence), a schedule with neither a last-fired nor an armed record counts as new; the
+/// leader must not "catch up" the ticks it fired itself before the loss.
+#[tokio::test]
+async fn beat_core_store_that_lost_its_data_does_not_make_the_leader_refire_ticks() {
+    let (server, _broker) = redis().await;
+    let cfg =
+        config("  s: {task: noop, every: 1s, misfire: {grace: 30s, catch_up: all, max: 100}}\n");
+    let clock = ManualClock::new(utc(2025, 1, 1, 0, 0, 0) + millis(500));
+    let spy = Spy::new(Arc::new(RedisBeatStore::new(connect(&server).await, "a")));
+    let a = start(cfg, spy.clone(), &clock, "a", SHORT_TTL);
+    a.settle().await;
+    let mut t = clock.now();
+    for _ in 0..5 {
+        t += secs(1);
+        a.at(t).await;
+    }
+    let _: () = redis::cmd("FLUSHALL")
+        .query(&mut server.connection())
+        .unwrap();
+    for _ in 0..5 {
+        t += secs(1);
+        a.at(t).await;
+    }
+    let fired = spy.fired.lock().unwrap().clone();
+    let unique: BTreeSet<&(String, DateTime<Utc>)> = fired.iter().collect();
+    assert_eq!(unique.len(), fired.len(), "a tick fired twice: {fired:?}");
+    assert!(fired.len() >= 8, "{fired:?}");
+    a.stop().await;
 }
