@@ -109,6 +109,7 @@ impl BeatStore for MemoryBeatStore {
                 }
                 if s.paused.contains(&f.schedule) {
                     s.last.insert(f.schedule.clone(), f.nominal);
+                    Self::push_journal(&mut s, decision(f, "paused", "schedule is paused"));
                     outcomes.push(FireOutcome::Paused);
                     continue;
                 }
@@ -118,6 +119,8 @@ impl BeatStore for MemoryBeatStore {
                 {
                     let running = id.clone();
                     s.last.insert(f.schedule.clone(), f.nominal);
+                    let detail = format!("previous run {running} still queued or running");
+                    Self::push_journal(&mut s, decision(f, "skipped_overlap", detail));
                     outcomes.push(FireOutcome::SkippedOverlap { running });
                     continue;
                 }
@@ -126,13 +129,11 @@ impl BeatStore for MemoryBeatStore {
                     f.schedule.clone(),
                     (f.message.queue.clone(), f.message.id.clone()),
                 );
-                let mut entry = JournalEntry::new(
+                let entry = decision(
+                    f,
                     if f.catch_up { "caught_up" } else { "fired" },
-                    Some(&f.schedule),
                     format!("message {} on {}", f.message.id, f.message.queue),
                 );
-                entry.nominal = Some(f.nominal);
-                entry.fire_id = Some(fire_id(&f.schedule, f.nominal));
                 Self::push_journal(&mut s, entry);
                 to_enqueue.push(f.message.clone());
                 outcomes.push(FireOutcome::Fired);
@@ -196,4 +197,12 @@ impl BeatStore for MemoryBeatStore {
             .cloned()
             .collect())
     }
+}
+
+/// The journal entry of what happened to one fire (as the Redis fire script writes it).
+fn decision(f: &Fire, event: &str, detail: impl Into<String>) -> JournalEntry {
+    let mut entry = JournalEntry::new(event, Some(&f.schedule), detail);
+    entry.nominal = Some(f.nominal);
+    entry.fire_id = Some(fire_id(&f.schedule, f.nominal));
+    entry
 }

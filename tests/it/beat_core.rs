@@ -664,13 +664,24 @@ async fn beat_core_misfire_policies_on_start_after_downtime() {
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn beat_core_overlap_skip_waits_for_the_previous_run_to_be_acked() {
+async fn beat_core_overlap_skip_waits_for_the_previous_run_to_be_acked_redis() {
     let (_server, broker) = redis().await;
+    let store: Arc<dyn BeatStore> = Arc::new(RedisBeatStore::new(broker.clone(), "o"));
+    overlap_skip_waits_for_ack(store, broker).await;
+}
+
+#[tokio::test]
+async fn beat_core_overlap_skip_waits_for_the_previous_run_to_be_acked_memory() {
+    let broker = MemoryBroker::new();
+    let store: Arc<dyn BeatStore> = Arc::new(MemoryBeatStore::new(broker.clone()));
+    overlap_skip_waits_for_ack(store, Arc::new(broker)).await;
+}
+
+async fn overlap_skip_waits_for_ack(store: Arc<dyn BeatStore>, broker: Arc<dyn Broker>) {
     let cfg = config(
         "  slow: {task: noop, every: 10s, overlap: skip}\n\
          \x20 free: {task: noop, every: 10s}\n",
     );
-    let store: Arc<dyn BeatStore> = Arc::new(RedisBeatStore::new(broker.clone(), "o"));
     let clock = ManualClock::new(utc(2025, 1, 1, 0, 0, 5));
     let beat = start(cfg, store.clone(), &clock, "o", Duration::from_secs(10));
     beat.settle().await;
@@ -1269,4 +1280,30 @@ async fn beat_core_store_that_lost_its_data_does_not_make_the_leader_refire_tick
     assert_eq!(unique.len(), fired.len(), "a tick fired twice: {fired:?}");
     assert!(fired.len() >= 8, "{fired:?}");
     a.stop().await;
+}
+
+/// `celeriac run`'s store: paused ticks are skipped and journaled like on Redis (the memory
+/// store used to journal fires only, not its paused and overlap decisions).
+#[tokio::test]
+async fn beat_core_paused_schedule_on_the_memory_store_skips_and_journals_ticks() {
+    let mem = Arc::new(MemoryBeatStore::new(MemoryBroker::new()));
+    let store: Arc<dyn BeatStore> = mem.clone();
+    let cfg = config("  p: {task: noop, every: 10s}\n");
+    let clock = ManualClock::new(utc(2025, 1, 1, 0, 0, 5));
+    let beat = start(cfg, store.clone(), &clock, "m", Duration::from_secs(10));
+    beat.settle().await;
+    beat.at(utc(2025, 1, 1, 0, 0, 10)).await;
+    mem.set_paused("p", true);
+    beat.at(utc(2025, 1, 1, 0, 0, 20)).await;
+    mem.set_paused("p", false);
+    beat.at(utc(2025, 1, 1, 0, 0, 30)).await;
+    let events: Vec<String> = journal(&*store)
+        .await
+        .into_iter()
+        .filter(|e| e.schedule.as_deref() == Some("p"))
+        .map(|e| format!("{}@{}", e.event, e.nominal.unwrap().format("%S")))
+        .collect();
+    assert_eq!(events, ["fired@10", "paused@20", "fired@30"]);
+    assert_eq!(beat.status().skipped, 1);
+    beat.stop().await;
 }

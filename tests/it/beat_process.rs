@@ -19,7 +19,7 @@ use celeriac::beat::store::{BeatStore, JournalEntry};
 use celeriac::broker::{RedisBroker, RedisBrokerOptions, TaskMessage};
 use chrono::{DateTime, Utc};
 
-use crate::redis_server::{RedisOptions, RedisServer};
+use crate::redis_server::{RedisOptions, RedisServer, free_port};
 use crate::util::{Daemon, celeriac, eventually};
 
 /// Lease ttl of the beats here: short, so failovers are quick.
@@ -46,12 +46,15 @@ struct Cluster {
     store: Arc<RedisBeatStore>,
     broker: Arc<RedisBroker>,
     logs: AtomicUsize,
+    /// Processes connect over TCP (the server was started with a port).
+    tcp: bool,
 }
 
 impl Cluster {
     /// `schedules` is the `schedules:` block (entries indented by two spaces), written to
     /// `conf/beat.yaml`.
     async fn new(schedules: &str, options: RedisOptions) -> Cluster {
+        let tcp = options.tcp_port.is_some();
         let server = RedisServer::start_with(options);
         let dir = tempfile::Builder::new()
             .prefix("celeriac-beat-")
@@ -85,6 +88,16 @@ impl Cluster {
             store,
             broker,
             logs: AtomicUsize::new(0),
+            tcp,
+        }
+    }
+
+    /// The URL the processes use: TCP when the server listens on a port, else its socket.
+    fn beat_broker_url(&self) -> String {
+        if self.tcp {
+            self.server.tcp_url()
+        } else {
+            self.server.url()
         }
     }
 
@@ -108,7 +121,7 @@ impl Cluster {
             .arg("-c")
             .arg(conf)
             .arg("--broker")
-            .arg(self.server.url());
+            .arg(self.beat_broker_url());
         for var in [
             "CELERIAC_BROKER",
             "CELERIAC_CONFIG",
@@ -433,6 +446,8 @@ async fn beat_process_redis_restart_beats_reconnect_log_once_and_continue() {
         POLICIES,
         RedisOptions {
             appendonly: true,
+            // The beats connect over TCP to this port; it comes back on the same port.
+            tcp_port: Some(free_port()),
             // Every write on disk before the reply: nothing acknowledged is lost by the kill.
             extra: vec!["--appendfsync".into(), "always".into()],
             ..Default::default()
