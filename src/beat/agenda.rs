@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use super::misfire::{self, LateRun};
 use crate::schedule::Timing;
 
 /// One due tick: schedule name and the nominal instant it was due at (its identity).
@@ -18,6 +19,9 @@ use crate::schedule::Timing;
 pub struct Due {
     pub name: Arc<str>,
     pub nominal: DateTime<Utc>,
+    /// Set by [`Agenda::pop_due_within`]: this tick starts a run of ticks late beyond the
+    /// schedule's grace, dropped as one (the schedule is re-armed past them).
+    pub late: Option<LateRun>,
 }
 
 struct Entry {
@@ -106,6 +110,19 @@ impl Agenda {
     /// several ticks behind yields each of them (in order), so the caller can apply its
     /// misfire policy.
     pub fn pop_due(&mut self, now: DateTime<Utc>, limit: usize) -> Vec<Due> {
+        self.pop_due_within(now, limit, |_| None)
+    }
+
+    /// Like [`Agenda::pop_due`], but a schedule whose due tick is late by more than its
+    /// `grace` (`None`: unlimited) yields that tick once, with [`Due::late`] describing the
+    /// whole run of ticks late beyond grace, and is re-armed at its first tick within grace:
+    /// after a wall-clock jump of a day, a 1 s interval costs one entry, not 86,400.
+    pub fn pop_due_within(
+        &mut self,
+        now: DateTime<Utc>,
+        limit: usize,
+        grace: impl Fn(&str) -> Option<std::time::Duration>,
+    ) -> Vec<Due> {
         let mut due = Vec::new();
         while due.len() < limit {
             self.drop_stale_top();
@@ -116,16 +133,29 @@ impl Agenda {
                 break;
             }
             let Reverse((at, _, name)) = self.heap.pop().expect("peeked");
+            let window_start = grace(&name).and_then(|g| {
+                chrono::Duration::from_std(g)
+                    .ok()
+                    .and_then(|g| now.checked_sub_signed(g))
+            });
             let entry = self
                 .entries
                 .get_mut(&name)
                 .expect("live heap entry has an entry");
-            let next = entry.timing.next_after(at);
+            let late = window_start
+                .filter(|w| at < *w)
+                .map(|w| misfire::late_run(&entry.timing, at, w));
+            let after = late.as_ref().map_or(at, |l| l.resume_after);
+            let next = entry.timing.next_after(after);
             entry.next = next;
             if let Some(n) = next {
                 self.heap.push(Reverse((n, entry.generation, name.clone())));
             }
-            due.push(Due { name, nominal: at });
+            due.push(Due {
+                name,
+                nominal: at,
+                late,
+            });
         }
         due
     }

@@ -62,6 +62,52 @@ pub fn lateness(nominal: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
     (now - nominal).to_std().unwrap_or(Duration::ZERO)
 }
 
+/// A run of consecutive ticks found late beyond grace in steady state (the wall clock
+/// jumped forward, the loop stalled), dropped as one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LateRun {
+    /// How many ticks (a lower bound when `count_is_lower_bound`).
+    pub count: usize,
+    pub count_is_lower_bound: bool,
+    /// The first and (when counted to the end) the last of them.
+    pub first: DateTime<Utc>,
+    pub last: Option<DateTime<Utc>>,
+    /// Re-arm the schedule at its first tick strictly after this instant: the first one
+    /// within grace (or still to come).
+    pub resume_after: DateTime<Utc>,
+}
+
+/// The run of late ticks that starts with `first` (due, and older than `window_start`, the
+/// oldest instant still within grace): the ticks before `window_start`, counted up to
+/// [`COUNT_LIMIT`], without enumerating the rest.
+pub fn late_run(timing: &Timing, first: DateTime<Utc>, window_start: DateTime<Utc>) -> LateRun {
+    let mut run = LateRun {
+        count: 1,
+        count_is_lower_bound: false,
+        first,
+        last: Some(first),
+        resume_after: first,
+    };
+    let mut t = first;
+    while let Some(next) = timing.next_after(t) {
+        if next >= window_start {
+            break;
+        }
+        if run.count >= COUNT_LIMIT {
+            run.count_is_lower_bound = true;
+            run.last = None;
+            // Just before the window: the next tick is the first one within grace.
+            run.resume_after = window_start - chrono::Duration::nanoseconds(1);
+            return run;
+        }
+        run.count += 1;
+        t = next;
+    }
+    run.last = Some(t);
+    run.resume_after = t;
+    run
+}
+
 /// The outcome of catching up one schedule on start or takeover.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CatchUpPlan {
@@ -282,6 +328,23 @@ mod tests {
         assert_eq!(plan.fire, vec![at(0, 0, 0)]);
         assert!(plan.count_is_lower_bound);
         assert!(plan.dropped >= COUNT_LIMIT);
+    }
+
+    #[test]
+    fn late_run_counts_the_ticks_before_the_grace_window_and_resumes_within_it() {
+        let run = late_run(&every(10), at(0, 0, 10), at(0, 1, 5));
+        assert_eq!(run.count, 6);
+        assert!(!run.count_is_lower_bound);
+        assert_eq!(run.last, Some(at(0, 1, 0)));
+        assert_eq!(every(10).next_after(run.resume_after), Some(at(0, 1, 10)));
+        // A tick exactly at the window start is within grace.
+        let run = late_run(&every(10), at(0, 0, 10), at(0, 0, 30));
+        assert_eq!((run.count, run.last), (2, Some(at(0, 0, 20))));
+        // A day of 1 s ticks: bounded, and resumes at the window.
+        let run = late_run(&every(1), at(0, 0, 1), at(23, 0, 0));
+        assert!(run.count_is_lower_bound);
+        assert_eq!(run.count, COUNT_LIMIT);
+        assert_eq!(every(1).next_after(run.resume_after), Some(at(23, 0, 0)));
     }
 
     #[test]

@@ -615,7 +615,12 @@ impl Beat {
         }
         loop {
             let now = self.clock.now();
-            let due = self.agenda.pop_due(now, self.options.wave_limit);
+            let running = &self.running;
+            let due = self
+                .agenda
+                .pop_due_within(now, self.options.wave_limit, |name| {
+                    running.get(name).map(|r| r.policy.grace)
+                });
             if due.is_empty() {
                 return;
             }
@@ -626,23 +631,55 @@ impl Beat {
                 let Some(r) = self.running.get(&*d.name) else {
                     continue;
                 };
-                if misfire::fires_in_steady_state(d.nominal, now, r.policy.grace) {
-                    fires.push(self.build_fire(r, d.nominal, now, false));
-                } else {
-                    let mut e = JournalEntry::new(
-                        "misfired",
-                        Some(&d.name),
-                        format!(
-                            "tick was {} late, beyond its grace of {}",
-                            humantime::format_duration(misfire::lateness(d.nominal, now)),
-                            humantime::format_duration(r.policy.grace)
-                        ),
-                    );
-                    e.nominal = Some(d.nominal);
-                    e.fire_id = Some(fire_id(&d.name, d.nominal));
-                    tracing::warn!(schedule = %d.name, nominal = %d.nominal, "tick too late; dropped");
-                    self.count_misfires(&d.name, 1);
-                    late.push(e);
+                match &d.late {
+                    None => fires.push(self.build_fire(r, d.nominal, now, false)),
+                    // Late beyond grace: the whole run of such ticks is dropped as one
+                    // decision (the agenda already moved past it).
+                    Some(run) if run.count == 1 => {
+                        let mut e = JournalEntry::new(
+                            "misfired",
+                            Some(&d.name),
+                            format!(
+                                "tick was {} late, beyond its grace of {}",
+                                humantime::format_duration(misfire::lateness(d.nominal, now)),
+                                humantime::format_duration(r.policy.grace)
+                            ),
+                        );
+                        e.nominal = Some(d.nominal);
+                        e.fire_id = Some(fire_id(&d.name, d.nominal));
+                        tracing::warn!(schedule = %d.name, nominal = %d.nominal, "tick too late; dropped");
+                        self.count_misfires(&d.name, 1);
+                        late.push(e);
+                    }
+                    Some(run) => {
+                        let mut e = JournalEntry::new(
+                            "misfired",
+                            Some(&d.name),
+                            format!(
+                                "{}{} ticks late beyond their grace of {} (from {}{}) not fired",
+                                if run.count_is_lower_bound {
+                                    "at least "
+                                } else {
+                                    ""
+                                },
+                                run.count,
+                                humantime::format_duration(r.policy.grace),
+                                run.first.to_rfc3339(),
+                                run.last
+                                    .map(|t| format!(" to {}", t.to_rfc3339()))
+                                    .unwrap_or_default(),
+                            ),
+                        );
+                        e.nominal = Some(run.last.unwrap_or(run.first));
+                        tracing::warn!(
+                            schedule = %d.name,
+                            dropped = run.count,
+                            first = %run.first,
+                            "ticks too late; dropped"
+                        );
+                        self.count_misfires(&d.name, run.count as u64);
+                        late.push(e);
+                    }
                 }
             }
             if !late.is_empty() {

@@ -1307,3 +1307,44 @@ async fn beat_core_paused_schedule_on_the_memory_store_skips_and_journals_ticks(
     assert_eq!(beat.status().skipped, 1);
     beat.stop().await;
 }
+
+/// The wall clock jumps a day forward under a leading beat whose lease is still valid (an
+/// NTP step, a resumed VM): the missed ticks of a 1 s interval are dropped in bulk, as one
+/// journal entry, not popped, journaled and logged one by one (86,400 of them here, which
+/// kept the loop busy for minutes); the next tick fires on time.
+#[tokio::test]
+async fn beat_core_regression_wall_clock_jump_drops_missed_ticks_in_bulk() {
+    let (_server, broker) = redis().await;
+    let cfg = config("  s: {task: noop, every: 1s, misfire: {grace: 5s}}\n");
+    let store: Arc<dyn BeatStore> = Arc::new(RedisBeatStore::new(broker.clone(), "jump"));
+    let t0 = utc(2025, 1, 1, 0, 0, 0) + millis(500);
+    let clock = ManualClock::new(t0);
+    let beat = start(cfg, store.clone(), &clock, "jump", Duration::from_secs(10));
+    beat.settle().await;
+    beat.at(t0 + secs(2)).await;
+    let jumped = t0 + chrono::Duration::days(1);
+    beat.at(jumped).await;
+    beat.at(jumped + secs(1)).await;
+    let j = journal(&*store).await;
+    let misfired: Vec<&JournalEntry> = j.iter().filter(|e| e.event == "misfired").collect();
+    assert_eq!(
+        misfired.len(),
+        1,
+        "{} misfired entries for one jump",
+        misfired.len()
+    );
+    // 86,393 ticks were dropped, counted up to the enumeration bound.
+    assert!(
+        misfired
+            .iter()
+            .any(|e| e.detail.starts_with("at least 10000 ticks late")),
+        "{misfired:#?}"
+    );
+    // Fired: the 2 ticks before the jump, the 5 within the 5 s grace at the jump
+    // (00:00:00.5 + 1 day - 5 s = 23:59:55.5: 56, 57, 58, 59 and 00:00:00), the next one.
+    let fired = fired_once(&*store, "s").await;
+    assert_eq!(fired.len(), 2 + 5 + 1, "{fired:?}");
+    assert_eq!(fired.last(), Some(&(utc(2025, 1, 2, 0, 0, 1))));
+    assert_eq!(beat.status().misfired, 10_000);
+    beat.stop().await;
+}
