@@ -672,3 +672,41 @@ async fn beat_process_redis_stalled_past_the_lease_no_tick_doubled() {
     c.wait_fires("all", before + 4, SOON).await;
     assert_policies_after_failover(&c, 2).await;
 }
+
+/// The chaos-run case of the never-fired catch-up gap, with real processes: a brand-new
+/// schedule's leader is SIGKILLed before the schedule's first tick; the standby takes over
+/// only after that tick (its lease outlives it) and must catch it up instead of losing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beat_process_regression_standby_catches_up_a_never_fired_schedule_after_sigkill() {
+    let now = Utc::now();
+    let anchor = DateTime::<Utc>::from_timestamp(now.timestamp() + 6, 0).unwrap();
+    let c = Cluster::new(
+        &format!(
+            "  fresh: {{task: noop, every: 1h, anchor: '{}'}}\n",
+            anchor.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+        RedisOptions::default(),
+    )
+    .await;
+    // Leases longer than the time to the first tick.
+    let mut beats = vec![c.beat_with(&c.conf, "8s"), c.beat_with(&c.conf, "8s")];
+    let old = leader_index(&c, &beats).await;
+    assert!(
+        Utc::now() < anchor - chrono::Duration::seconds(1),
+        "setup too slow: the leader was found after the first tick was nearly due"
+    );
+    beats[old].kill();
+    let fires = eventually(
+        "the standby to fire the missed first tick",
+        SOON,
+        || async {
+            let f = c.fires("fresh").await;
+            (!f.is_empty()).then_some(f)
+        },
+    )
+    .await;
+    assert_eq!(fires.len(), 1, "{fires:#?}");
+    assert_eq!(fires[0].event, "caught_up");
+    assert_eq!(fires[0].nominal, Some(anchor));
+    assert!(beats[1 - old].log().contains("became leader"));
+}
