@@ -710,3 +710,59 @@ async fn beat_process_regression_standby_catches_up_a_never_fired_schedule_after
     assert_eq!(fires[0].nominal, Some(anchor));
     assert!(beats[1 - old].log().contains("became leader"));
 }
+
+/// The removed-then-re-added case with real processes: a schedule removed by an atomic save
+/// and added back a few seconds later, then a failover (graceful stop of the leader right
+/// after the re-add): no tick from the time the schedule was absent fires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beat_process_regression_readded_schedule_does_not_catch_up_its_absence_after_failover() {
+    let with = "  keep: {task: noop, every: 1s}\n  \
+                back: {task: noop, every: 1s, misfire: {grace: 1h, catch_up: all, max: 1000}}\n";
+    let c = Cluster::new(with, RedisOptions::default()).await;
+    let mut beats = vec![c.beat(), c.beat()];
+    c.wait_fires("back", 2, Duration::from_secs(30)).await;
+    atomic_save(
+        &c.conf,
+        "beat.yaml",
+        &format!("{}  keep: {{task: noop, every: 1s}}\n", c.header()),
+    );
+    let applied = |what: &'static str| {
+        let c = &c;
+        async move {
+            eventually(what, SOON, || async {
+                let entries: Vec<JournalEntry> = c
+                    .journal()
+                    .await
+                    .into_iter()
+                    .filter(|e| e.event == "reload_applied" && e.detail.contains(what))
+                    .collect();
+                // Both beats applied it.
+                (entries.len() == 2).then(|| entries.iter().map(|e| e.at).max().unwrap())
+            })
+            .await
+        }
+    };
+    let removed_at = applied("removed [back]").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    atomic_save(&c.conf, "beat.yaml", &format!("{}{with}", c.header()));
+    let readded_at = applied("added [back]").await;
+    let old = leader_index(&c, &beats).await;
+    beats[old].stop(SOON);
+    let new_pid = beats[1 - old].pid();
+    eventually("the standby to lead", SOON, || async {
+        (c.leader_pid().await == Some(new_pid)).then_some(())
+    })
+    .await;
+    let n = c.fires("keep").await.len();
+    c.wait_fires("keep", n + 2, SOON).await;
+    let back = c.fired_once("back").await;
+    let absent: Vec<&DateTime<Utc>> = back
+        .iter()
+        .filter(|t| **t > removed_at + chrono::Duration::seconds(1) && **t < readded_at)
+        .collect();
+    assert!(
+        absent.is_empty(),
+        "ticks from while `back` was removed ({removed_at} .. {readded_at}) fired: {absent:?}"
+    );
+    assert!(back.iter().any(|t| *t > readded_at), "{back:?}");
+}
