@@ -4,8 +4,15 @@
 //! The watch is on the DIRECTORY (the configuration directory, or the directory holding the
 //! configuration file), not on the file: editors save by writing a temporary file and
 //! renaming it over the old one, and Kubernetes ConfigMaps swap a `..data` symlink; a watch
-//! on the old file would miss both. Any event in the directory triggers a check of the
-//! files' content hash, so unrelated events and saves without changes cost one read.
+//! on the old file would miss both. Any event in the directory that may change a file
+//! triggers a check of the files' content hash, so unrelated events and saves without
+//! changes cost one read. Reads are not such events: the check's own reads of the files
+//! would otherwise trigger the next check, re-reading the configuration every
+//! [`DEBOUNCE`] forever.
+//!
+//! When the configuration path is itself a symlink (a deploy's `current -> releases/v42`,
+//! swapped atomically), the directory holding the link is watched too, so the swap is seen,
+//! and the watch follows the link to the new target after it.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -13,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::RecursiveMode;
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -59,6 +67,16 @@ pub fn content_hash(path: &Path) -> Option<u64> {
     Some(h.finish())
 }
 
+/// Whether a file event may have changed a file: reads (opening, reading, closing after
+/// reading) do not; closing after writing does.
+fn may_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 /// Watches `path` and listens to `sighup`; sends a [`ReloadEvent`] for every change of
 /// content (file events) and for every SIGHUP (even without change). Runs until `shutdown`.
 pub fn spawn(
@@ -77,14 +95,33 @@ pub fn spawn(
             .unwrap_or_else(|| PathBuf::from("."))
     };
     let debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
-        if result.is_ok() {
+        if let Ok(events) = result
+            && events.iter().any(|e| may_change(&e.kind))
+        {
             // Coalesce: one pending check is enough.
             let _ = fs_tx.try_send(());
         }
     });
+    // The directory holding a symlinked configuration path (its swap is an event there).
+    let link_dir = std::fs::symlink_metadata(&path)
+        .is_ok_and(|m| m.file_type().is_symlink())
+        .then(|| {
+            path.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."))
+        })
+        .filter(|d| *d != watch_dir);
     let debouncer = match debouncer {
         Ok(mut d) => match d.watch(&watch_dir, RecursiveMode::NonRecursive) {
-            Ok(()) => Some(d),
+            Ok(()) => {
+                if let Some(dir) = &link_dir
+                    && let Err(e) = d.watch(dir, RecursiveMode::NonRecursive)
+                {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the directory of the configuration symlink; reload a swapped link with SIGHUP");
+                }
+                Some(d)
+            }
             Err(e) => {
                 tracing::warn!(dir = %watch_dir.display(), error = %e, "cannot watch the configuration; reload with SIGHUP");
                 None
@@ -97,7 +134,9 @@ pub fn spawn(
     };
     tokio::spawn(async move {
         // Keep the watcher alive as long as this task runs.
-        let _debouncer = debouncer;
+        let mut debouncer = debouncer;
+        // Where the watched directory leads (it changes when a symlink on the way is swapped).
+        let mut target = std::fs::canonicalize(&watch_dir).ok();
         let mut last = content_hash(&path);
         loop {
             let forced = tokio::select! {
@@ -111,6 +150,22 @@ pub fn spawn(
                     None => return,
                 },
             };
+            // A swapped symlink: watch the directory it leads to now.
+            let now_target = std::fs::canonicalize(&watch_dir).ok();
+            if now_target != target
+                && let Some(d) = debouncer.as_mut()
+            {
+                let _ = d.unwatch(&watch_dir);
+                match d.watch(&watch_dir, RecursiveMode::NonRecursive) {
+                    Ok(()) => {
+                        tracing::info!(dir = %watch_dir.display(), "configuration symlink swapped; watching its new target");
+                        target = now_target;
+                    }
+                    Err(e) => {
+                        tracing::warn!(dir = %watch_dir.display(), error = %e, "cannot watch the configuration's new target; reload with SIGHUP")
+                    }
+                }
+            }
             let hash = content_hash(&path);
             if !forced && hash == last {
                 continue;

@@ -766,3 +766,107 @@ async fn beat_process_regression_readded_schedule_does_not_catch_up_its_absence_
     );
     assert!(back.iter().any(|t| *t > readded_at), "{back:?}");
 }
+
+/// A deploy-style symlinked configuration directory (`-c current`, `current -> releases/v1`,
+/// swapped atomically to `releases/v2`): the swap is seen (the watch used to stay on the old
+/// release's directory, so only SIGHUP reloaded), and so are later edits in the new release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beat_process_hot_reload_symlinked_config_directory_swap() {
+    let c = Cluster::new(
+        "  unused: {task: noop, every: 1h}\n",
+        RedisOptions::default(),
+    )
+    .await;
+    let releases = c.dir.path().join("releases");
+    let (v1, v2) = (releases.join("v1"), releases.join("v2"));
+    std::fs::create_dir_all(&v1).unwrap();
+    std::fs::create_dir_all(&v2).unwrap();
+    let a = "  a: {task: noop, every: 1s}\n";
+    std::fs::write(v1.join("beat.yaml"), format!("{}{a}", c.header())).unwrap();
+    let current = c.dir.path().join("current");
+    std::os::unix::fs::symlink("releases/v1", &current).unwrap();
+    let beat = c.beat_on(&current);
+    c.wait_fires("a", 2, Duration::from_secs(30)).await;
+
+    std::fs::write(
+        v2.join("beat.yaml"),
+        format!("{}{a}  c: {{task: noop, every: 1s}}\n", c.header()),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("releases/v2", c.dir.path().join("current.tmp")).unwrap();
+    std::fs::rename(c.dir.path().join("current.tmp"), &current).unwrap();
+    eventually("the reload adding c", SOON, || async {
+        reloads_applied(&c)
+            .await
+            .contains(&"added [c], changed [], removed []".to_string())
+            .then_some(())
+    })
+    .await;
+    c.wait_fires("c", 2, SOON).await;
+
+    // Edited in place in the new release: seen too.
+    atomic_save(
+        &v2,
+        "beat.yaml",
+        &format!(
+            "{}{a}  c: {{task: noop, every: 1s}}\n  d: {{task: noop, every: 1s}}\n",
+            c.header()
+        ),
+    );
+    eventually("the reload adding d", SOON, || async {
+        reloads_applied(&c)
+            .await
+            .contains(&"added [d], changed [], removed []".to_string())
+            .then_some(())
+    })
+    .await;
+    c.wait_fires("d", 2, SOON).await;
+    assert!(beat.log().contains("file change"), "{}", beat.log());
+}
+
+/// Bytes a process has read (all read syscalls: files and sockets), from /proc.
+fn read_bytes(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("read /proc/PID/io");
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("rchar in /proc/PID/io")
+}
+
+/// An idle beat does not keep re-reading its configuration: the watcher's own reads of the
+/// files (to hash them) used to count as file events, which made it hash the whole
+/// configuration again every 300 ms, forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beat_process_regression_idle_beat_does_not_keep_rereading_its_configuration() {
+    // A 600 kB configuration (comments), one hourly schedule.
+    let padding: String = (0..6000)
+        .map(|i| format!("# padding {i:05} {}\n", "x".repeat(80)))
+        .collect();
+    let c = Cluster::new(
+        &format!("  hourly: {{task: noop, every: 1h}}\n{padding}"),
+        RedisOptions::default(),
+    )
+    .await;
+    let size = std::fs::metadata(c.conf.join("beat.yaml")).unwrap().len();
+    assert!(size > 500_000);
+    let mut beat = c.beat_with(&c.conf, "10s");
+    beat.wait_for_log("became leader", SOON).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = read_bytes(beat.pid());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let read = read_bytes(beat.pid()) - before;
+    assert!(
+        read < size / 2,
+        "an idle beat read {read} bytes in 3 s (its configuration is {size} bytes)"
+    );
+    // It still notices a real change.
+    atomic_save(
+        &c.conf,
+        "beat.yaml",
+        &format!(
+            "{}  hourly: {{task: noop, every: 1h}}\n  b: {{task: noop, every: 1s}}\n",
+            c.header()
+        ),
+    );
+    c.wait_fires("b", 1, SOON).await;
+}
