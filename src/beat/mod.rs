@@ -656,18 +656,16 @@ impl Beat {
                             "misfired",
                             Some(&d.name),
                             format!(
-                                "{}{} ticks late beyond their grace of {} (from {}{}) not fired",
+                                "{}{} missed tick(s) not fired (from {} to {}; late beyond their grace of {})",
                                 if run.count_is_lower_bound {
                                     "at least "
                                 } else {
                                     ""
                                 },
                                 run.count,
-                                humantime::format_duration(r.policy.grace),
                                 run.first.to_rfc3339(),
-                                run.last
-                                    .map(|t| format!(" to {}", t.to_rfc3339()))
-                                    .unwrap_or_default(),
+                                run.last.unwrap_or(run.resume_after).to_rfc3339(),
+                                humantime::format_duration(r.policy.grace),
                             ),
                         );
                         e.nominal = Some(run.last.unwrap_or(run.first));
