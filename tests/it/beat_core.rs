@@ -424,8 +424,12 @@ struct Spy {
     inner: Arc<dyn BeatStore>,
     fire_calls: Mutex<Vec<(Instant, usize)>>,
     claims_fail: AtomicBool,
-    /// When the last claim that succeeded was sent.
+    /// Claims are held this long before they are sent (a slow network, a stalled client).
+    claim_delay: Mutex<Duration>,
+    /// When the last claim that won or extended the lease was sent.
     last_ok_claim_sent: Mutex<Option<Instant>>,
+    /// When each claim that won or extended the lease was sent.
+    renewals: Mutex<Vec<Instant>>,
     claims: AtomicUsize,
     /// Every tick the store reported as fired: (schedule, nominal).
     fired: Mutex<Vec<(String, DateTime<Utc>)>>,
@@ -437,7 +441,9 @@ impl Spy {
             inner,
             fire_calls: Mutex::new(Vec::new()),
             claims_fail: AtomicBool::new(false),
+            claim_delay: Mutex::new(Duration::ZERO),
             last_ok_claim_sent: Mutex::new(None),
+            renewals: Mutex::new(Vec::new()),
             claims: AtomicUsize::new(0),
             fired: Mutex::new(Vec::new()),
         })
@@ -451,10 +457,13 @@ impl BeatStore for Spy {
         if self.claims_fail.load(Ordering::SeqCst) {
             return Err(BrokerError::ConnectionLost("spy: cut off".into()));
         }
+        let delay = *self.claim_delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
         let sent = Instant::now();
         let r = self.inner.claim(token, ttl).await;
-        if r.is_ok() {
+        if matches!(r, Ok(Claim::Acquired { .. } | Claim::Renewed { .. })) {
             *self.last_ok_claim_sent.lock().unwrap() = Some(sent);
+            self.renewals.lock().unwrap().push(sent);
         }
         r
     }
@@ -1359,4 +1368,74 @@ async fn beat_core_regression_wall_clock_jump_drops_missed_ticks_in_bulk() {
     assert_eq!(fired_once(&*store, "s").await.len(), 2 + 5 + 1 + 5);
     assert_eq!(beat.status().misfired, 10_000 + 25);
     beat.stop().await;
+}
+
+/// The leader's renewals are delayed past its lease (a stalled client): it must not fire
+/// once the lease it last renewed can have expired, even when a late renewal answers, and
+/// the other beat fires each tick once.
+#[tokio::test]
+async fn beat_core_leader_whose_renewals_are_delayed_past_the_lease_stops_firing() {
+    let (server, _broker) = redis().await;
+    let cfg =
+        config("  s: {task: noop, every: 1s, misfire: {grace: 30s, catch_up: all, max: 100}}\n");
+    let clock = ManualClock::new(utc(2025, 1, 1, 0, 0, 0) + millis(500));
+    let ttl = Duration::from_millis(2000);
+    let spy = Spy::new(Arc::new(RedisBeatStore::new(connect(&server).await, "a")));
+    let a = start(cfg.clone(), spy.clone(), &clock, "a", ttl);
+    a.settle().await;
+    let sb: Arc<dyn BeatStore> = Arc::new(RedisBeatStore::new(connect(&server).await, "b"));
+    let b = start(cfg.clone(), sb.clone(), &clock, "b", ttl);
+    let mut t = clock.now();
+    for _ in 0..4 {
+        t += millis(250);
+        a.at(t).await;
+    }
+    *spy.claim_delay.lock().unwrap() = Duration::from_millis(3000);
+    let cut = Instant::now();
+    while !b.status().leader {
+        assert!(cut.elapsed() < SOON, "b never took over");
+        t += millis(250);
+        clock.set(t);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Keep ticks coming while a's delayed renewals come back.
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        t += millis(250);
+        clock.set(t);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    *spy.claim_delay.lock().unwrap() = Duration::ZERO;
+    let fired_by_a = spy.fired.lock().unwrap().clone();
+    let calls = spy.fire_calls.lock().unwrap().clone();
+    let renewals = spy.renewals.lock().unwrap().clone();
+    // Every fire call a made was sent while a lease it had won or renewed (the claim sent
+    // at most a ttl before) was surely still valid.
+    let stale: Vec<_> = calls
+        .iter()
+        .filter(|(at, _)| !renewals.iter().any(|r| r <= at && *at < *r + ttl))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "a fired after its lease could have expired: {stale:?}"
+    );
+    assert!(
+        calls.iter().any(|(at, _)| *at > cut),
+        "a never fired after the stall began"
+    );
+    b.at(t + millis(250)).await;
+    let fired = fired_once(&*sb, "s").await;
+    let last = *fired.last().unwrap();
+    let expected: Vec<DateTime<Utc>> = (1..)
+        .map(|k| utc(2025, 1, 1, 0, 0, 0) + secs(k))
+        .take_while(|x| *x <= last)
+        .collect();
+    assert_eq!(
+        fired, expected,
+        "ticks lost or doubled across the stalled renewals"
+    );
+    // What a reported as fired is part of that once-each sequence.
+    assert!(fired_by_a.iter().all(|(_, n)| expected.contains(n)));
+    b.stop().await;
+    a.stop().await;
 }
