@@ -89,6 +89,8 @@ impl BeatStore for MemoryBeatStore {
     ) -> Result<Vec<FireOutcome>, BrokerError> {
         let mut outcomes = Vec::with_capacity(fires.len());
         let mut to_enqueue = Vec::new();
+        // Ids of the messages this batch enqueues (after the loop).
+        let mut batch_ids: HashSet<String> = HashSet::new();
         {
             let mut s = self.state.lock().expect("beat store poisoned");
             let is_leader = s
@@ -115,7 +117,9 @@ impl BeatStore for MemoryBeatStore {
                 }
                 if f.overlap_skip
                     && let Some((queue, id)) = s.inflight.get(&f.schedule)
-                    && self.broker.contains(queue, id)
+                    && (self.broker.contains(queue, id)
+                        // Enqueued by this batch (after the loop): queued all the same.
+                        || batch_ids.contains(id.as_str()))
                 {
                     let running = id.clone();
                     s.last.insert(f.schedule.clone(), f.nominal);
@@ -135,6 +139,7 @@ impl BeatStore for MemoryBeatStore {
                     format!("message {} on {}", f.message.id, f.message.queue),
                 );
                 Self::push_journal(&mut s, entry);
+                batch_ids.insert(f.message.id.clone());
                 to_enqueue.push(f.message.clone());
                 outcomes.push(FireOutcome::Fired);
             }

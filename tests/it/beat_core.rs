@@ -1439,3 +1439,44 @@ async fn beat_core_leader_whose_renewals_are_delayed_past_the_lease_stops_firing
     b.stop().await;
     a.stop().await;
 }
+
+/// Several due ticks of one `overlap: skip` schedule in one wave (the loop fell a few ticks
+/// behind, within grace): the first fires and the others are skipped, since the first one's
+/// message is queued. Both stores write a batch's messages only after deciding all of it
+/// (the memory store enqueues after its loop; the Redis fire script writes the bodies in one
+/// command at the end), so their overlap checks did not see the batch's own messages: all
+/// fired.
+async fn overlap_skip_within_one_wave(store: Arc<dyn BeatStore>) {
+    let cfg = config("  s: {task: noop, every: 1s, overlap: skip, misfire: {grace: 10s}}\n");
+    let clock = ManualClock::new(utc(2025, 1, 1, 0, 0, 0) + millis(500));
+    let beat = start(cfg, store.clone(), &clock, "w", Duration::from_secs(10));
+    beat.settle().await;
+    beat.at(utc(2025, 1, 1, 0, 0, 3) + millis(500)).await;
+    let mut entries: Vec<JournalEntry> = journal(&*store)
+        .await
+        .into_iter()
+        .filter(|e| e.schedule.as_deref() == Some("s"))
+        .collect();
+    // (The Redis store journals a batch's routine fires after its other decisions.)
+    entries.sort_by_key(|e| e.nominal);
+    let decided: Vec<String> = entries
+        .iter()
+        .map(|e| format!("{}@{}", e.event, e.nominal.unwrap().format("%S")))
+        .collect();
+    assert_eq!(
+        decided,
+        ["fired@01", "skipped_overlap@02", "skipped_overlap@03"]
+    );
+    beat.stop().await;
+}
+
+#[tokio::test]
+async fn beat_core_regression_overlap_skip_within_one_wave_memory() {
+    overlap_skip_within_one_wave(Arc::new(MemoryBeatStore::new(MemoryBroker::new()))).await;
+}
+
+#[tokio::test]
+async fn beat_core_regression_overlap_skip_within_one_wave_redis() {
+    let (_server, broker) = redis().await;
+    overlap_skip_within_one_wave(Arc::new(RedisBeatStore::new(broker, "w"))).await;
+}

@@ -116,6 +116,9 @@ local qkeys = {}                -- per queue index: its keys
 local metas = {}                -- per priority: the meta value of a fresh message
 -- Within one batch a schedule may come twice (catch-up `all`): the newest nominal wins.
 local seen = {}
+-- Ids of the messages this batch enqueues: their bodies are written at the end, so the
+-- overlap check of a later fire of the same schedule in this batch looks here.
+local enqueued = {}
 
 for i = 0, n - 1 do
   local b = B + i * F
@@ -142,7 +145,7 @@ for i = 0, n - 1 do
       local cur = redis.call('HGET', KEYS[3], schedule)
       if cur then
         local q, rid = string.match(cur, '^(.-)\t(.-)\t')
-        if q and redis.call('HEXISTS', prefix .. '{q:' .. q .. '}:msg', rid) == 1 then
+        if q and (enqueued[rid] or redis.call('HEXISTS', prefix .. '{q:' .. q .. '}:msg', rid) == 1) then
           running = rid
         end
       end
@@ -185,6 +188,7 @@ for i = 0, n - 1 do
         bs[c + 1] = id
         bs[c + 2] = ARGV[b + 2]
       end
+      enqueued[id] = true
       local record = qname .. '\t' .. id .. '\t' .. nominal_ms
       if overlap then
         -- The overlap check reads this record: a later fire of the same schedule in this
