@@ -424,6 +424,8 @@ struct Spy {
     inner: Arc<dyn BeatStore>,
     fire_calls: Mutex<Vec<(Instant, usize)>>,
     claims_fail: AtomicBool,
+    /// Fire calls fail with a transient error (before reaching the store).
+    fires_fail: AtomicBool,
     /// Claims are held this long before they are sent (a slow network, a stalled client).
     claim_delay: Mutex<Duration>,
     /// When the last claim that won or extended the lease was sent.
@@ -441,6 +443,7 @@ impl Spy {
             inner,
             fire_calls: Mutex::new(Vec::new()),
             claims_fail: AtomicBool::new(false),
+            fires_fail: AtomicBool::new(false),
             claim_delay: Mutex::new(Duration::ZERO),
             last_ok_claim_sent: Mutex::new(None),
             renewals: Mutex::new(Vec::new()),
@@ -479,6 +482,9 @@ impl BeatStore for Spy {
             .lock()
             .unwrap()
             .push((Instant::now(), fires.len()));
+        if self.fires_fail.load(Ordering::SeqCst) {
+            return Err(BrokerError::ConnectionLost("spy: fire failed".into()));
+        }
         let outcomes = self.inner.fire(leader, fires).await?;
         let mut fired = self.fired.lock().unwrap();
         for (f, o) in fires.iter().zip(&outcomes) {
@@ -1479,4 +1485,37 @@ async fn beat_core_regression_overlap_skip_within_one_wave_memory() {
 async fn beat_core_regression_overlap_skip_within_one_wave_redis() {
     let (_server, broker) = redis().await;
     overlap_skip_within_one_wave(Arc::new(RedisBeatStore::new(broker, "w"))).await;
+}
+
+/// Fires that hit a transient error are retried (the store dedupes), but not for a schedule
+/// that a reload removed meanwhile: its pending tick used to fire after the removal.
+#[tokio::test]
+async fn beat_core_regression_pending_retry_of_a_removed_schedule_is_dropped() {
+    let mem = Arc::new(MemoryBeatStore::new(MemoryBroker::new()));
+    let spy = Spy::new(mem.clone());
+    let both = config("  stay: {task: noop, every: 10s}\n  gone: {task: noop, every: 10s}\n");
+    let clock = ManualClock::new(utc(2025, 1, 1, 0, 0, 5));
+    let beat = start(both, spy.clone(), &clock, "p", SHORT_TTL);
+    beat.settle().await;
+    spy.fires_fail.store(true, Ordering::SeqCst);
+    clock.set(utc(2025, 1, 1, 0, 0, 10));
+    eventually("a failed fire", SOON, || async {
+        (!spy.fire_calls.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    beat.reloads
+        .send(ReloadEvent::Changed(config(
+            "  stay: {task: noop, every: 10s}\n",
+        )))
+        .await
+        .unwrap();
+    eventually("the reload", SOON, || async {
+        (beat.status().reloads == 1).then_some(())
+    })
+    .await;
+    spy.fires_fail.store(false, Ordering::SeqCst);
+    beat.settle().await;
+    let fired: Vec<(String, DateTime<Utc>)> = spy.fired.lock().unwrap().clone();
+    assert_eq!(fired, [("stay".to_string(), utc(2025, 1, 1, 0, 0, 10))]);
+    beat.stop().await;
 }
