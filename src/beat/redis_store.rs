@@ -29,6 +29,7 @@ use super::store::{BeatStore, Claim, Fire, FireOutcome, JournalEntry, LeaderToke
 use crate::broker::{BrokerError, RedisBroker, enqueue_lua_lib};
 
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/claim.lua")));
+static JOURNAL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/journal.lua")));
 static ARM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/arm.lua")));
 static RESIGN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/resign.lua")));
 static FIRE: LazyLock<Script> = LazyLock::new(|| {
@@ -43,6 +44,9 @@ static FIRE: LazyLock<Script> = LazyLock::new(|| {
 pub const FIRE_CHUNK: usize = 500;
 /// Fire script calls in flight at once on the connection.
 pub const FIRE_PIPELINE: usize = 4;
+
+/// Journal entries written per script call.
+pub const JOURNAL_CHUNK: usize = 1000;
 
 /// Entries kept in the global journal stream (approximately).
 pub const DEFAULT_JOURNAL_LIMIT: usize = 10_000;
@@ -339,30 +343,22 @@ impl BeatStore for RedisBeatStore {
         Ok(())
     }
 
+    /// One script call per [`JOURNAL_CHUNK`] entries (`lua/journal.lua`): a takeover that
+    /// journals a misfire for each of 100,000 schedules must not take one round trip each
+    /// (the loop would miss its lease renewals meanwhile).
     async fn journal(&self, entries: &[JournalEntry]) -> Result<(), BrokerError> {
-        for e in entries {
-            let fields = journal_fields(e, &self.beat_id);
-            let mut cmd = redis::cmd("XADD");
-            cmd.arg(self.key("beat:journal"))
-                .arg("MAXLEN")
-                .arg("~")
+        for chunk in entries.chunks(JOURNAL_CHUNK) {
+            let mut inv = JOURNAL.prepare_invoke();
+            inv.key(self.key("beat:journal"))
                 .arg(self.journal_limit)
-                .arg("*");
-            for (k, v) in &fields {
-                cmd.arg(*k).arg(v);
-            }
-            self.broker.command(&cmd).await?;
-            if let Some(s) = &e.schedule {
-                let mut cmd = redis::cmd("XADD");
-                cmd.arg(self.key(&format!("beat:journal:{s}")))
-                    .arg("MAXLEN")
-                    .arg(self.schedule_journal_limit)
-                    .arg("*");
-                for (k, v) in &fields {
-                    cmd.arg(*k).arg(v);
+                .arg(self.schedule_journal_limit)
+                .arg(self.broker.prefix());
+            for e in chunk {
+                for (_, v) in journal_fields(e, &self.beat_id) {
+                    inv.arg(v);
                 }
-                self.broker.command(&cmd).await?;
             }
+            self.broker.invoke_script(&inv).await?;
         }
         Ok(())
     }
@@ -428,6 +424,7 @@ impl BeatStore for RedisBeatStore {
     }
 }
 
+/// The fields of a journal entry, in the order `lua/journal.lua` takes them.
 fn journal_fields(e: &JournalEntry, beat: &str) -> Vec<(&'static str, String)> {
     vec![
         ("at", e.at.timestamp_millis().to_string()),

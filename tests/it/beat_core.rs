@@ -1519,3 +1519,56 @@ async fn beat_core_regression_pending_retry_of_a_removed_schedule_is_dropped() {
     assert_eq!(fired, [("stay".to_string(), utc(2025, 1, 1, 0, 0, 10))]);
     beat.stop().await;
 }
+
+/// A takeover after downtime where every one of many schedules missed ticks beyond its
+/// grace: each gets a "misfired" journal entry. Writing them one round trip at a time kept
+/// the loop from renewing its lease (20,000 schedules: seconds) before the catch-up fired.
+#[tokio::test]
+async fn beat_core_takeover_journaling_many_misfires_is_quick() {
+    let (_server, broker) = redis().await;
+    let n = 20_000;
+    let mut yaml = String::new();
+    for i in 0..n {
+        yaml.push_str(&format!(
+            "  s{i:05}: {{task: noop, every: 10s, misfire: {{grace: 5s}}}}\n"
+        ));
+    }
+    let cfg = config(&yaml);
+    let store: Arc<dyn BeatStore> = Arc::new(RedisBeatStore::new(broker.clone(), "m"));
+    let clock = ManualClock::new(utc(2025, 1, 1, 0, 0, 5));
+    let a = start(
+        cfg.clone(),
+        store.clone(),
+        &clock,
+        "a",
+        Duration::from_secs(10),
+    );
+    a.settle().await;
+    a.at(utc(2025, 1, 1, 0, 0, 10)).await;
+    a.stop().await;
+    clock.set(utc(2025, 1, 1, 0, 1, 3));
+    let started = Instant::now();
+    let b = start(
+        cfg.clone(),
+        store.clone(),
+        &clock,
+        "b",
+        Duration::from_secs(10),
+    );
+    b.settle().await;
+    let took = started.elapsed();
+    // Ticks 20..50 dropped (60 caught up by `latest`), once: the takeover was not repeated.
+    assert_eq!(b.status().misfired, 4 * n as u64);
+    assert!(
+        took < SOON,
+        "takeover with {n} misfire entries took {took:?}"
+    );
+    // a held epoch 1; b took over once (a lost lease would have meant another epoch).
+    assert_eq!(
+        b.status().epoch,
+        2,
+        "leadership flapped during the takeover"
+    );
+    eprintln!("takeover with {n} misfire entries took {took:?}");
+    b.stop().await;
+}
