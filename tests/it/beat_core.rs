@@ -831,7 +831,8 @@ async fn beat_core_paused_schedule_skips_ticks_until_resumed_and_does_not_catch_
 
 #[tokio::test]
 async fn beat_core_reload_applies_a_diff_and_rejects_invalid_configurations() {
-    let store: Arc<dyn BeatStore> = Arc::new(MemoryBeatStore::new(MemoryBroker::new()));
+    let broker = MemoryBroker::new();
+    let store: Arc<dyn BeatStore> = Arc::new(MemoryBeatStore::new(broker.clone()));
     let v1 = config(
         "  same: {task: noop, every: 10s}\n\
          \x20 args: {task: noop, every: 10s, args: {v: 1}}\n\
@@ -889,8 +890,33 @@ async fn beat_core_reload_applies_a_diff_and_rejects_invalid_configurations() {
         applied,
         ["added [new], changed [args, timing], removed [gone]"]
     );
-    // The args change reached the messages: the tick after the reload carries v: 2.
-    // (Checked through the status counters: every fire was journaled once.)
+    // The args change reached the messages: the ticks after the reload carry v: 2.
+    let queues = vec!["default".to_string()];
+    let mut args = BTreeMap::new();
+    loop {
+        let got = broker
+            .reserve(&queues, 100, Duration::from_secs(60), Duration::ZERO)
+            .await
+            .unwrap();
+        if got.is_empty() {
+            break;
+        }
+        for d in got {
+            let m = d.message().expect("a decodable message").clone();
+            if m.schedule.as_deref() == Some("args") {
+                args.insert(m.fire_id.clone().unwrap(), m.args.clone());
+            }
+            broker.ack(&d.lease).await.unwrap();
+        }
+    }
+    assert_eq!(
+        args["args@2025-01-01T00:00:10Z"],
+        serde_json::json!({"v": 1})
+    );
+    assert_eq!(
+        args["args@2025-01-01T00:00:20Z"],
+        serde_json::json!({"v": 2})
+    );
     assert_eq!(beat.status().reloads, 1);
 
     // An invalid configuration is rejected: journaled with file:line:col, nothing changes.
