@@ -447,19 +447,20 @@ async fn beat_process_sigstopped_leader_does_not_fire_stale_ticks_after_sigcont(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beat_process_redis_restart_beats_reconnect_log_once_and_continue() {
-    let c = Cluster::new(
+    let mut c = Cluster::new(
         POLICIES,
         RedisOptions {
             appendonly: true,
             // The beats connect over TCP to this port; it comes back on the same port.
             tcp_port: Some(free_port()),
-            // Every write on disk before the reply: nothing acknowledged is lost by the kill.
+            // Redis writes the AOF before it replies in every mode, so a killed process loses
+            // nothing acknowledged; `always` also rules out a postponed write behind a slow
+            // background fsync.
             extra: vec!["--appendfsync".into(), "always".into()],
             ..Default::default()
         },
     )
     .await;
-    let mut c = c;
     let mut beats = [c.beat(), c.beat()];
     c.wait_fires("all", 3, Duration::from_secs(30)).await;
     let before = c.fires("all").await.len();
