@@ -28,12 +28,15 @@ const TTL_ARG: &str = "2s";
 /// Generous bound for things that take well under a second on an idle machine.
 const SOON: Duration = Duration::from_secs(20);
 
-/// Queue `default`; tasks `noop` and `record` (appends the tick's fire_id to `DIR/fires.txt`).
+/// Queue `default`; tasks `noop`, `record` (appends the tick's fire_id to `DIR/fires.txt`)
+/// and `slow` (the same, then sleeps 2.5 s).
 fn header(dir: &Path) -> String {
+    let d = dir.display();
     format!(
         "queues:\n  default: {{}}\ntasks:\n  noop: {{builtin: noop}}\n  \
-         record: {{command: [sh, -c, 'echo \"$CELERIAC_FIRE_ID\" >> {}/fires.txt']}}\nschedules:\n",
-        dir.display()
+         record: {{command: [sh, -c, 'echo \"$CELERIAC_FIRE_ID\" >> {d}/fires.txt']}}\n  \
+         slow: {{command: [sh, -c, 'echo \"$CELERIAC_FIRE_ID\" >> {d}/fires.txt; sleep 2.5']}}\n\
+         schedules:\n"
     )
 }
 
@@ -546,8 +549,8 @@ async fn beat_process_hot_reload_atomic_save_invalid_file_and_sighup() {
     let file = c.conf.join("beat.yaml").display().to_string();
     let located = log
         .lines()
-        .any(|l| l.contains(&format!("{file}:8:")) && l.contains("tsak"));
-    assert!(located, "no `{file}:8:COL` error about `tsak` in:\n{log}");
+        .any(|l| l.contains(&format!("{file}:9:")) && l.contains("tsak"));
+    assert!(located, "no `{file}:9:COL` error about `tsak` in:\n{log}");
     let (a0, b0) = (c.fires("a").await.len(), c.fires("b").await.len());
     c.wait_fires("a", a0 + 2, SOON).await;
     c.wait_fires("b", b0 + 2, SOON).await;
@@ -870,4 +873,48 @@ async fn beat_process_regression_idle_beat_does_not_keep_rereading_its_configura
         ),
     );
     c.wait_fires("b", 1, SOON).await;
+}
+
+/// `overlap: skip` end to end: a 1 s schedule whose task runs 2.5 s on a real worker. Ticks
+/// while the previous run is queued or running are skipped (journaled); each fired tick runs
+/// once; two runs never overlap, so fired ticks are at least 2 s apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beat_process_overlap_skip_with_a_worker_running_slow_tasks() {
+    let c = Cluster::new(
+        "  slow: {task: slow, every: 1s, overlap: skip}\n",
+        RedisOptions::default(),
+    )
+    .await;
+    let _worker = c.worker();
+    let _beat = c.beat_with(&c.conf, "10s");
+    c.wait_fires("slow", 3, Duration::from_secs(30)).await;
+    let fired = c.fired_once("slow").await;
+    for w in fired.windows(2) {
+        assert!(
+            w[1] - w[0] >= chrono::Duration::seconds(2),
+            "runs overlapped: {fired:?}"
+        );
+    }
+    let skipped = c
+        .journal()
+        .await
+        .iter()
+        .filter(|e| e.event == "skipped_overlap" && e.schedule.as_deref() == Some("slow"))
+        .count();
+    assert!(skipped >= 2, "{skipped} skips");
+    let ids: BTreeSet<String> = c
+        .fires("slow")
+        .await
+        .into_iter()
+        .filter_map(|e| e.fire_id)
+        .collect();
+    let file = c.dir.path().join("fires.txt");
+    let ran: Vec<String> = eventually("the fired ticks to run", SOON, || async {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        ids.iter().all(|id| lines.contains(id)).then_some(lines)
+    })
+    .await;
+    let unique: BTreeSet<&String> = ran.iter().collect();
+    assert_eq!(unique.len(), ran.len(), "a tick ran twice: {ran:?}");
 }
