@@ -1352,7 +1352,7 @@ async fn beat_core_paused_schedule_on_the_memory_store_skips_and_journals_ticks(
 /// The wall clock jumps a day forward under a leading beat whose lease is still valid (an
 /// NTP step, a resumed VM): the missed ticks of a 1 s interval are dropped in bulk, as one
 /// journal entry, not popped, journaled and logged one by one (86,400 of them here, which
-/// kept the loop busy for minutes); the next tick fires on time.
+/// kept the loop busy for more than 15 s); the next tick fires on time.
 #[tokio::test]
 async fn beat_core_regression_wall_clock_jump_drops_missed_ticks_in_bulk() {
     let (_server, broker) = redis().await;
