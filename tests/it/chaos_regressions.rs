@@ -93,7 +93,6 @@ fn accounts_for(e: &HashMap<String, String>, schedule: &str, tick_ms: i64) -> bo
 /// `beat:armed` record of when each schedule was first armed) fixes this; un-ignore once it
 /// is on main.
 #[test]
-#[ignore = "known bug: never-fired schedule's first tick lost in a leader gap (fixed on beat-tests, not yet on main)"]
 fn first_tick_missed_while_no_beat_leads_is_neither_caught_up_nor_journaled() {
     let server = RedisServer::start();
     let url = server.url();
