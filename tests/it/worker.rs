@@ -529,7 +529,12 @@ tasks:
     let r = s.final_result(&hang.id, SOON).await;
     assert_eq!(r.status, celeriac::broker::TaskStatus::Timeout);
     assert_eq!(r.error.as_deref(), Some("timed out after 300ms"));
-    let dead = s.broker.dead_letters("default", 10).await.unwrap();
+    // The result is stored before the message is settled: wait for the dead letter.
+    let dead = eventually("the dead letter", SOON, || async {
+        let dead = s.broker.dead_letters("default", 10).await.unwrap();
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
     assert_eq!(dead.len(), 1, "no retries configured: dead-lettered");
     assert_eq!(
         dead[0].reason,
@@ -539,8 +544,13 @@ tasks:
     let r = s.final_result(&stale.id, SOON).await;
     assert_eq!(r.status, celeriac::broker::TaskStatus::Expired);
     assert!(r.started_at.is_none(), "never started");
-    let stats = s.broker.queue_stats("default").await.unwrap();
-    assert_eq!((stats.ready_total(), stats.active, stats.dead), (0, 0, 1));
+    let counts = eventually("the queue to settle", SOON, || async {
+        let stats = s.broker.queue_stats("default").await.unwrap();
+        let counts = (stats.ready_total(), stats.active, stats.dead);
+        (counts == (0, 0, 1)).then_some(counts)
+    })
+    .await;
+    assert_eq!(counts, (0, 0, 1));
 }
 
 #[tokio::test]

@@ -186,7 +186,12 @@ tasks:
     assert_eq!(ok.status, TaskStatus::Success);
     assert_eq!(ok.value, Some(json!(["still alive"])));
 
-    let dead = s.broker.dead_letters("default", 100).await.unwrap();
+    // Settled in batches after the results: wait for all six dead letters.
+    let dead = eventually("six dead letters", SOON, || async {
+        let dead = s.broker.dead_letters("default", 100).await.unwrap();
+        (dead.len() >= 6).then_some(dead)
+    })
+    .await;
     let reason = |id: &str| {
         dead.iter()
             .find(|d| d.id == id)
