@@ -1078,11 +1078,20 @@ async fn beat_core_two_beats_one_leads_and_each_tick_fires_once() {
     standby.stop().await;
 }
 
-/// The leader is cut off from the lease (its claims fail) while its fire path still
-/// works: it must stop firing before the lease it last renewed can have expired, and the
-/// other beat fires every tick from then on, each once.
-#[tokio::test]
-async fn beat_core_leader_that_cannot_renew_stops_firing_before_its_lease_expires() {
+/// Two beats on one Redis with a 2 s lease and a 1 s schedule `s`: "a" (through a [`Spy`])
+/// leads after four 250 ms steps, "b" stands by.
+struct LeaderAndStandby {
+    server: RedisServer,
+    clock: ManualClock,
+    ttl: Duration,
+    spy: Arc<Spy>,
+    a: Running,
+    sb: Arc<dyn BeatStore>,
+    b: Running,
+    t: DateTime<Utc>,
+}
+
+async fn leader_and_standby() -> LeaderAndStandby {
     let (server, _broker) = redis().await;
     let cfg =
         config("  s: {task: noop, every: 1s, misfire: {grace: 30s, catch_up: all, max: 100}}\n");
@@ -1098,17 +1107,54 @@ async fn beat_core_leader_that_cannot_renew_stops_firing_before_its_lease_expire
         t += millis(250);
         a.at(t).await;
     }
+    LeaderAndStandby {
+        server,
+        clock,
+        ttl,
+        spy,
+        a,
+        sb,
+        b,
+        t,
+    }
+}
+
+/// Moves the clock on by 250 ms every 50 ms (ticks keep coming) until `b` leads.
+async fn step_until_leader(
+    b: &Running,
+    clock: &ManualClock,
+    t: &mut DateTime<Utc>,
+    since: Instant,
+) {
+    while !b.status().leader {
+        assert!(since.elapsed() < SOON, "b never took over");
+        *t += millis(250);
+        clock.set(*t);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The leader is cut off from the lease (its claims fail) while its fire path still
+/// works: it must stop firing before the lease it last renewed can have expired, and the
+/// other beat fires every tick from then on, each once.
+#[tokio::test]
+async fn beat_core_leader_that_cannot_renew_stops_firing_before_its_lease_expires() {
+    let LeaderAndStandby {
+        server: _server,
+        clock,
+        ttl,
+        spy,
+        a,
+        sb,
+        b,
+        mut t,
+    } = leader_and_standby().await;
     assert!(!b.status().leader);
     spy.claims_fail.store(true, Ordering::SeqCst);
     let cut = Instant::now();
     // Keep ticks coming (every 50 ms real time, 250 ms of beat time) so that the cut-off
     // leader has something to fire at every moment until b takes over.
-    while !b.status().leader {
-        assert!(cut.elapsed() < SOON, "b never took over");
-        t += millis(250);
-        clock.set(t);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    step_until_leader(&b, &clock, &mut t, cut).await;
     eventually("a to know it does not lead", SOON, || async {
         (!a.status().leader).then_some(())
     })
@@ -1407,29 +1453,19 @@ async fn beat_core_regression_wall_clock_jump_drops_missed_ticks_in_bulk() {
 /// the other beat fires each tick once.
 #[tokio::test]
 async fn beat_core_leader_whose_renewals_are_delayed_past_the_lease_stops_firing() {
-    let (server, _broker) = redis().await;
-    let cfg =
-        config("  s: {task: noop, every: 1s, misfire: {grace: 30s, catch_up: all, max: 100}}\n");
-    let clock = ManualClock::new(utc(2025, 1, 1, 0, 0, 0) + millis(500));
-    let ttl = Duration::from_millis(2000);
-    let spy = Spy::new(Arc::new(RedisBeatStore::new(connect(&server).await, "a")));
-    let a = start(cfg.clone(), spy.clone(), &clock, "a", ttl);
-    a.settle().await;
-    let sb: Arc<dyn BeatStore> = Arc::new(RedisBeatStore::new(connect(&server).await, "b"));
-    let b = start(cfg.clone(), sb.clone(), &clock, "b", ttl);
-    let mut t = clock.now();
-    for _ in 0..4 {
-        t += millis(250);
-        a.at(t).await;
-    }
+    let LeaderAndStandby {
+        server: _server,
+        clock,
+        ttl,
+        spy,
+        a,
+        sb,
+        b,
+        mut t,
+    } = leader_and_standby().await;
     *spy.claim_delay.lock().unwrap() = Duration::from_millis(3000);
     let cut = Instant::now();
-    while !b.status().leader {
-        assert!(cut.elapsed() < SOON, "b never took over");
-        t += millis(250);
-        clock.set(t);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    step_until_leader(&b, &clock, &mut t, cut).await;
     // Keep ticks coming while a's delayed renewals come back.
     let until = Instant::now() + Duration::from_secs(4);
     while Instant::now() < until {
