@@ -142,25 +142,18 @@ pub trait BeatStore: Send + Sync + 'static {
     /// brand-new schedule whose leader died before its first tick would silently lose the
     /// ticks due during the failover.
     ///
-    /// The default does nothing (the beat then falls back to when it installed the schedule).
-    async fn arm(&self, schedules: &[String], at: DateTime<Utc>) -> Result<(), BrokerError> {
-        let _ = (schedules, at);
-        Ok(())
-    }
+    /// Required (no default): a store wrapper that forgot to pass it on would silently turn
+    /// the catch-up of never-fired schedules off.
+    async fn arm(&self, schedules: &[String], at: DateTime<Utc>) -> Result<(), BrokerError>;
 
     /// The instant each schedule was first armed ([`BeatStore::arm`]), `None` if never.
-    async fn armed(&self, schedules: &[String]) -> Result<Vec<Option<DateTime<Utc>>>, BrokerError> {
-        Ok(vec![None; schedules.len()])
-    }
+    async fn armed(&self, schedules: &[String]) -> Result<Vec<Option<DateTime<Utc>>>, BrokerError>;
 
     /// Forgets the last-fired and armed records of schedules removed from the configuration,
     /// so that adding one back later starts it afresh from then instead of catching up the
     /// ticks of the time it was absent. (The short-lived per-tick fire keys stay: a tick
-    /// cannot fire twice either way.) The default does nothing.
-    async fn forget(&self, schedules: &[String]) -> Result<(), BrokerError> {
-        let _ = schedules;
-        Ok(())
-    }
+    /// cannot fire twice either way.)
+    async fn forget(&self, schedules: &[String]) -> Result<(), BrokerError>;
 
     /// Appends decisions to the journal (bounded).
     async fn journal(&self, entries: &[JournalEntry]) -> Result<(), BrokerError>;

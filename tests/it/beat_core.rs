@@ -68,7 +68,8 @@ async fn redis() -> (RedisServer, Arc<RedisBroker>) {
     (server, broker)
 }
 
-async fn connect(server: &RedisServer) -> Arc<RedisBroker> {
+/// A broker on the private server that reconnects quickly (the fault tests restart it).
+pub(crate) async fn connect(server: &RedisServer) -> Arc<RedisBroker> {
     Arc::new(
         RedisBroker::connect(
             &server.url(),

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use celeriac::beat::redis_store::RedisBeatStore;
 use celeriac::beat::store::{BeatStore, JournalEntry};
-use celeriac::broker::{RedisBroker, RedisBrokerOptions, TaskMessage};
+use celeriac::broker::{RedisBroker, TaskMessage};
 use chrono::{DateTime, Utc};
 
 use crate::redis_server::{RedisOptions, RedisServer, free_port};
@@ -70,19 +70,7 @@ impl Cluster {
             format!("{}{schedules}", header(dir.path())),
         )
         .unwrap();
-        let broker = Arc::new(
-            RedisBroker::connect(
-                &server.url(),
-                RedisBrokerOptions {
-                    reconnect_min: Duration::from_millis(20),
-                    reconnect_max: Duration::from_millis(200),
-                    response_timeout: Duration::from_secs(2),
-                    ..Default::default()
-                },
-            )
-            .await
-            .expect("connect to the private redis-server"),
-        );
+        let broker = crate::beat_core::connect(&server).await;
         let store = Arc::new(RedisBeatStore::new(broker.clone(), "test"));
         Cluster {
             server,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use celeriac::beat::redis_store::RedisBeatStore;
 use celeriac::beat::store::{BeatStore, Claim, Fire, FireOutcome, JournalEntry, LeaderToken};
 use celeriac::beat::{Beat, BeatOptions};
-use celeriac::broker::{BrokerError, RedisBroker, RedisBrokerOptions};
+use celeriac::broker::BrokerError;
 use chrono::{DateTime, Utc};
 
 use crate::redis_server::RedisServer;
@@ -41,6 +41,15 @@ impl BeatStore for SlowStore {
     ) -> Result<Vec<Option<DateTime<Utc>>>, BrokerError> {
         self.inner.last_fired(schedules).await
     }
+    async fn arm(&self, schedules: &[String], at: DateTime<Utc>) -> Result<(), BrokerError> {
+        self.inner.arm(schedules, at).await
+    }
+    async fn armed(&self, schedules: &[String]) -> Result<Vec<Option<DateTime<Utc>>>, BrokerError> {
+        self.inner.armed(schedules).await
+    }
+    async fn forget(&self, schedules: &[String]) -> Result<(), BrokerError> {
+        self.inner.forget(schedules).await
+    }
     async fn journal(&self, entries: &[JournalEntry]) -> Result<(), BrokerError> {
         self.inner.journal(entries).await
     }
@@ -56,11 +65,7 @@ impl BeatStore for SlowStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wave_longer_than_the_lease_keeps_leadership_and_fires_every_tick() {
     let server = RedisServer::start();
-    let broker = Arc::new(
-        RedisBroker::connect(&server.url(), RedisBrokerOptions::default())
-            .await
-            .unwrap(),
-    );
+    let broker = crate::beat_core::connect(&server).await;
     // 300 minute crons due at the same instant; firing them takes 300 x 10 ms = 3 s, three
     // times the 1 s lease.
     let mut yaml =

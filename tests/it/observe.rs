@@ -397,6 +397,22 @@ impl celeriac::beat::store::BeatStore for HangingStore {
     ) -> Result<Vec<Option<chrono::DateTime<chrono::Utc>>>, celeriac::broker::BrokerError> {
         self.inner.last_fired(schedules).await
     }
+    async fn arm(
+        &self,
+        schedules: &[String],
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), celeriac::broker::BrokerError> {
+        self.inner.arm(schedules, at).await
+    }
+    async fn armed(
+        &self,
+        schedules: &[String],
+    ) -> Result<Vec<Option<chrono::DateTime<chrono::Utc>>>, celeriac::broker::BrokerError> {
+        self.inner.armed(schedules).await
+    }
+    async fn forget(&self, schedules: &[String]) -> Result<(), celeriac::broker::BrokerError> {
+        self.inner.forget(schedules).await
+    }
     async fn journal(
         &self,
         entries: &[celeriac::beat::store::JournalEntry],
