@@ -22,6 +22,7 @@ pub mod broker;
 pub mod celery;
 pub mod clock;
 pub mod config;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod ops;

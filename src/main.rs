@@ -973,6 +973,7 @@ fn notify_stopping(shutdown: &CancellationToken) {
 }
 
 fn main() -> ExitCode {
+    celeriac::memory::tune();
     let _ = NOTIFIER.set(Arc::new(take_systemd_env()));
     let cli = Cli::parse();
     init_tracing(&cli.log, cli.log_format);
@@ -1064,18 +1065,8 @@ fn cmd_import_celery(args: cli::ImportCeleryArgs) -> anyhow::Result<()> {
 
 fn load_config(path: &std::path::Path) -> anyhow::Result<config::Config> {
     let cfg = config::load(path)?;
-    release_freed_memory();
+    celeriac::memory::release_freed();
     Ok(cfg)
-}
-
-/// Hands memory freed after a big parse back to the system (glibc keeps it otherwise): the
-/// YAML tree of a large configuration is several times the size of what is kept of it.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 fn cmd_check(path: &std::path::Path) -> anyhow::Result<()> {

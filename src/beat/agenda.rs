@@ -4,6 +4,10 @@
 //! out of n schedules, and re-arms each from its NOMINAL instant (never from "now"), so
 //! intervals do not drift and a late wave does not shift later ticks. Changing or removing
 //! a schedule bumps its generation; stale heap entries are dropped when they surface.
+//!
+//! The agenda holds each schedule by whatever the caller already has that knows its timing
+//! ([`Timed`]): the beat gives it the configuration's `Arc<ScheduleConfig>`, so 100,000
+//! schedules cost one pointer each here, not a copy of their timing.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -12,7 +16,25 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::misfire::{self, LateRun};
+use crate::config::ScheduleConfig;
 use crate::schedule::Timing;
+
+/// Something with a [`Timing`]: what the agenda holds per schedule.
+pub trait Timed {
+    fn timing(&self) -> &Timing;
+}
+
+impl Timed for Timing {
+    fn timing(&self) -> &Timing {
+        self
+    }
+}
+
+impl Timed for Arc<ScheduleConfig> {
+    fn timing(&self) -> &Timing {
+        &self.timing
+    }
+}
 
 /// One due tick: schedule name and the nominal instant it was due at (its identity).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,8 +46,8 @@ pub struct Due {
     pub late: Option<LateRun>,
 }
 
-struct Entry {
-    timing: Timing,
+struct Entry<T> {
+    item: T,
     next: Option<DateTime<Utc>>,
     generation: u64,
 }
@@ -34,16 +56,34 @@ struct Entry {
 type Slot = Reverse<(DateTime<Utc>, u64, Arc<str>)>;
 
 /// Heap of (next nominal instant, schedule).
-#[derive(Default)]
-pub struct Agenda {
+pub struct Agenda<T = Timing> {
     heap: BinaryHeap<Slot>,
-    entries: HashMap<Arc<str>, Entry>,
+    entries: HashMap<Arc<str>, Entry<T>>,
     generation: u64,
 }
 
-impl Agenda {
+impl<T> Default for Agenda<T> {
+    fn default() -> Self {
+        Agenda {
+            heap: BinaryHeap::new(),
+            entries: HashMap::new(),
+            generation: 0,
+        }
+    }
+}
+
+impl<T: Timed + Clone> Agenda<T> {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An agenda sized for `n` schedules (no regrowth while they are added).
+    pub fn with_capacity(n: usize) -> Self {
+        Agenda {
+            heap: BinaryHeap::with_capacity(n),
+            entries: HashMap::with_capacity(n),
+            generation: 0,
+        }
     }
 
     /// Number of schedules on the agenda.
@@ -56,13 +96,13 @@ impl Agenda {
     }
 
     /// Adds or replaces a schedule; its next tick is the first one strictly after `after`.
-    pub fn upsert(&mut self, name: Arc<str>, timing: Timing, after: DateTime<Utc>) {
-        let next = timing.next_after(after);
-        self.upsert_at(name, timing, next);
+    pub fn upsert(&mut self, name: Arc<str>, item: T, after: DateTime<Utc>) {
+        let next = item.timing().next_after(after);
+        self.upsert_at(name, item, next);
     }
 
     /// Adds or replaces a schedule with an explicit next tick (`None`: never fires).
-    pub fn upsert_at(&mut self, name: Arc<str>, timing: Timing, next: Option<DateTime<Utc>>) {
+    pub fn upsert_at(&mut self, name: Arc<str>, item: T, next: Option<DateTime<Utc>>) {
         self.generation += 1;
         let generation = self.generation;
         if let Some(at) = next {
@@ -71,12 +111,20 @@ impl Agenda {
         self.entries.insert(
             name,
             Entry {
-                timing,
+                item,
                 next,
                 generation,
             },
         );
         self.compact_if_bloated();
+    }
+
+    /// Replaces what the agenda holds for a schedule whose timing did not change, keeping
+    /// its next tick.
+    pub fn replace(&mut self, name: &str, item: T) {
+        if let Some(e) = self.entries.get_mut(name) {
+            e.item = item;
+        }
     }
 
     /// Removes a schedule. Returns whether it was there.
@@ -92,7 +140,7 @@ impl Agenda {
     }
 
     pub fn timing_of(&self, name: &str) -> Option<&Timing> {
-        self.entries.get(name).map(|e| &e.timing)
+        self.entries.get(name).map(|e| e.item.timing())
     }
 
     pub fn names(&self) -> impl Iterator<Item = &Arc<str>> {
@@ -144,9 +192,9 @@ impl Agenda {
                 .expect("live heap entry has an entry");
             let late = window_start
                 .filter(|w| at < *w)
-                .map(|w| misfire::late_run(&entry.timing, at, w));
+                .map(|w| misfire::late_run(entry.item.timing(), at, w));
             let after = late.as_ref().map_or(at, |l| l.resume_after);
-            let next = entry.timing.next_after(after);
+            let next = entry.item.timing().next_after(after);
             entry.next = next;
             if let Some(n) = next {
                 self.heap.push(Reverse((n, entry.generation, name.clone())));
@@ -163,10 +211,9 @@ impl Agenda {
     /// Moves a schedule's next tick to the first one strictly after `after` (used when missed
     /// ticks are dropped in bulk, so they are not popped one by one).
     pub fn skip_to_after(&mut self, name: &str, after: DateTime<Utc>) {
-        if let Some(e) = self.entries.get(name) {
-            let timing = e.timing.clone();
-            let key: Arc<str> = self.entries.get_key_value(name).expect("present").0.clone();
-            self.upsert(key, timing, after);
+        if let Some((key, e)) = self.entries.get_key_value(name) {
+            let (key, item) = (key.clone(), e.item.clone());
+            self.upsert(key, item, after);
         }
     }
 
@@ -219,7 +266,7 @@ mod tests {
 
     #[test]
     fn pops_due_ticks_in_order_and_rearms_from_nominal() {
-        let mut a = Agenda::new();
+        let mut a: Agenda = Agenda::new();
         a.upsert("ten".into(), every(10), at(0, 0, 0));
         a.upsert("min".into(), cron("* * * * *"), at(0, 0, 0));
         assert_eq!(a.peek(), Some(at(0, 0, 10)));
@@ -240,7 +287,7 @@ mod tests {
 
     #[test]
     fn limit_bounds_a_wave() {
-        let mut a = Agenda::new();
+        let mut a: Agenda = Agenda::new();
         for i in 0..100 {
             a.upsert(format!("s{i}").into(), every(60), at(0, 0, 0));
         }
@@ -251,7 +298,7 @@ mod tests {
 
     #[test]
     fn changed_and_removed_schedules_leave_no_stale_ticks() {
-        let mut a = Agenda::new();
+        let mut a: Agenda = Agenda::new();
         a.upsert("x".into(), every(10), at(0, 0, 0));
         a.upsert("x".into(), every(60), at(0, 0, 0));
         a.upsert("y".into(), every(10), at(0, 0, 0));
@@ -264,8 +311,22 @@ mod tests {
     }
 
     #[test]
+    fn replace_keeps_the_next_tick() {
+        let mut a: Agenda = Agenda::new();
+        a.upsert("x".into(), every(10), at(0, 0, 0));
+        assert_eq!(a.pop_due(at(0, 0, 10), usize::MAX).len(), 1);
+        // Same timing, new settings: the next tick (00:00:20) stays, no tick is added.
+        a.replace("x", every(10));
+        assert_eq!(a.next_of("x"), Some(at(0, 0, 20)));
+        assert!(a.pop_due(at(0, 0, 19), usize::MAX).is_empty());
+        assert_eq!(a.pop_due(at(0, 0, 20), usize::MAX).len(), 1);
+        a.replace("absent", every(10));
+        assert_eq!(a.len(), 1);
+    }
+
+    #[test]
     fn skip_to_after_drops_missed_ticks_in_bulk() {
-        let mut a = Agenda::new();
+        let mut a: Agenda = Agenda::new();
         a.upsert("x".into(), every(1), at(0, 0, 0));
         a.skip_to_after("x", at(1, 0, 0));
         assert_eq!(a.next_of("x"), Some(at(1, 0, 1)));
@@ -273,7 +334,7 @@ mod tests {
 
     #[test]
     fn heap_is_compacted_after_many_reloads() {
-        let mut a = Agenda::new();
+        let mut a: Agenda = Agenda::new();
         for round in 0..10 {
             for i in 0..500 {
                 a.upsert(format!("s{i}").into(), every(60 + round), at(0, 0, 0));

@@ -41,6 +41,10 @@ use crate::schedule::Timing;
 /// to INFO.
 pub const LOG_EACH_FIRE_UP_TO: usize = 1000;
 
+/// From this many schedules on, rebuilding the agenda or installing a configuration is
+/// followed by handing the freed memory back to the system ([`crate::memory`]).
+const RELEASE_MEMORY_FROM: usize = 10_000;
+
 /// How a beat runs.
 #[derive(Debug, Clone)]
 pub struct BeatOptions {
@@ -164,8 +168,9 @@ pub struct Beat {
     clock: Arc<dyn Clock>,
     options: BeatOptions,
     config: Arc<Config>,
-    agenda: Agenda,
-    running: HashMap<String, Running>,
+    agenda: Agenda<Arc<ScheduleConfig>>,
+    /// By name; the agenda shares the name (one allocation per schedule).
+    running: HashMap<Arc<str>, Running>,
     leader: Option<Leadership>,
     next_claim: Instant,
     /// Fires that hit a transient error: retried (the store dedupes) while still leader.
@@ -221,7 +226,7 @@ impl Beat {
         // `BeatStore::arm`); grouped by instant (all the same at start).
         let mut by_since: HashMap<DateTime<Utc>, Vec<String>> = HashMap::new();
         for (name, r) in &self.running {
-            by_since.entry(r.since).or_default().push(name.clone());
+            by_since.entry(r.since).or_default().push(name.to_string());
         }
         for (since, names) in by_since {
             if let Err(e) = self.store.arm(&names, since).await {
@@ -469,7 +474,7 @@ impl Beat {
         )])
         .await;
         let now = self.clock.now();
-        let names: Vec<String> = self.running.keys().cloned().collect();
+        let names: Vec<String> = self.running.keys().map(|k| k.to_string()).collect();
         let last = match self.store.last_fired(&names).await {
             Ok(l) => l,
             Err(e) => {
@@ -491,14 +496,20 @@ impl Beat {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read when schedules were armed; using this beat's own");
-                names.iter().map(|n| Some(self.running[n].since)).collect()
+                names
+                    .iter()
+                    .map(|n| Some(self.running[n.as_str()].since))
+                    .collect()
             }
         };
-        self.agenda = Agenda::new();
+        self.agenda = Agenda::with_capacity(names.len());
         let mut fires = Vec::new();
         let mut entries = Vec::new();
         for ((name, last), armed) in names.iter().zip(last).zip(armed) {
-            let r = &self.running[name];
+            let (key, r) = self
+                .running
+                .get_key_value(name.as_str())
+                .expect("names come from running");
             let reference = match (last, armed) {
                 (Some(l), Some(a)) => Some(l.max(a)),
                 (l, a) => l.or(a),
@@ -534,8 +545,12 @@ impl Beat {
             for nominal in plan.fire {
                 fires.push(self.build_fire(r, nominal, now, true));
             }
-            self.agenda
-                .upsert(name.as_str().into(), r.cfg.timing.clone(), now);
+            self.agenda.upsert(key.clone(), r.cfg.clone(), now);
+        }
+        drop(names);
+        if self.running.len() >= RELEASE_MEMORY_FROM {
+            // The previous agenda and the names read above are gone.
+            crate::memory::release_freed();
         }
         self.journal(entries).await;
         if !fires.is_empty() {
@@ -598,19 +613,29 @@ impl Beat {
 
     /// Pops due ticks and fires them (steady state).
     async fn fire_due(&mut self) {
+        if self.fire_waves().await >= RELEASE_MEMORY_FROM {
+            // The waves' messages are gone (tens of MiB for 100,000 fires).
+            crate::memory::release_freed();
+        }
+    }
+
+    /// [`Beat::fire_due`]'s waves; returns how many fires were sent.
+    async fn fire_waves(&mut self) -> usize {
+        let mut sent = 0;
         // Fires left from before (a transient error, or a takeover's catch-up), in waves.
         let mut rest = std::mem::take(&mut self.pending);
         while !rest.is_empty() {
             let n = rest.len().min(self.options.wave_limit);
             let batch: Vec<Fire> = rest.drain(..n).collect();
+            sent += batch.len();
             self.send_fires(batch).await;
             if !self.pending.is_empty() {
                 // Failed again: retried later, followed by the rest.
                 self.pending.append(&mut rest);
-                return;
+                return sent;
             }
             if !self.is_firing() || (!rest.is_empty() && !self.keep_alive_between_waves().await) {
-                return;
+                return sent;
             }
         }
         loop {
@@ -622,7 +647,7 @@ impl Beat {
                     running.get(name).map(|r| r.policy.grace)
                 });
             if due.is_empty() {
-                return;
+                return sent;
             }
             let full = due.len() == self.options.wave_limit;
             let mut fires = Vec::with_capacity(due.len());
@@ -683,12 +708,13 @@ impl Beat {
             if !late.is_empty() {
                 self.journal(late).await;
             }
+            sent += fires.len();
             self.send_fires(fires).await;
             if !full || !self.pending.is_empty() || !self.is_firing() {
-                return;
+                return sent;
             }
             if !self.keep_alive_between_waves().await {
-                return;
+                return sent;
             }
         }
     }
@@ -852,28 +878,31 @@ impl Beat {
         let now = self.clock.now();
         let (mut added, mut changed, mut removed) = (Vec::new(), Vec::new(), Vec::new());
         let mut retimed = Vec::new();
-        let old: Vec<String> = self.running.keys().cloned().collect();
+        let old: Vec<Arc<str>> = self.running.keys().cloned().collect();
         for name in old {
-            let keep = config.schedules.get(&name).is_some_and(|s| s.enabled);
+            let keep = config.schedules.get(&*name).is_some_and(|s| s.enabled);
             if !keep {
                 self.running.remove(&name);
                 self.agenda.remove(&name);
-                removed.push(name);
+                removed.push(name.to_string());
             }
         }
         for (name, cfg) in &config.schedules {
             if !cfg.enabled {
                 continue;
             }
-            match self.running.get(name) {
-                Some(r) if r.cfg.same_settings(cfg) => {}
-                Some(r) => {
+            match self.running.get_key_value(name.as_str()) {
+                Some((_, r)) if r.cfg.same_settings(cfg) => {}
+                Some((key, r)) => {
+                    let key = key.clone();
                     let timing_changed = r.cfg.timing != cfg.timing;
                     let cfg = cfg.clone();
                     let policy = Self::policy_of(&cfg, now);
                     if timing_changed {
-                        self.agenda
-                            .upsert(name.as_str().into(), cfg.timing.clone(), now);
+                        self.agenda.upsert(key.clone(), cfg.clone(), now);
+                    } else {
+                        // Same ticks: only the settings the agenda holds change.
+                        self.agenda.replace(name, cfg.clone());
                     }
                     // New timing: its ticks are owed from now on, not since the old one's.
                     let since = if timing_changed {
@@ -882,17 +911,16 @@ impl Beat {
                     } else {
                         r.since
                     };
-                    self.running
-                        .insert(name.clone(), Running { cfg, policy, since });
+                    self.running.insert(key, Running { cfg, policy, since });
                     changed.push(name.clone());
                 }
                 None => {
                     let cfg = cfg.clone();
                     let policy = Self::policy_of(&cfg, now);
-                    self.agenda
-                        .upsert(name.as_str().into(), cfg.timing.clone(), now);
+                    let key: Arc<str> = name.as_str().into();
+                    self.agenda.upsert(key.clone(), cfg.clone(), now);
                     self.running.insert(
-                        name.clone(),
+                        key,
                         Running {
                             cfg,
                             policy,
@@ -905,7 +933,7 @@ impl Beat {
         }
         // Fires waiting for a retry belong to schedules that may be gone now.
         self.pending
-            .retain(|f| self.running.contains_key(&f.schedule));
+            .retain(|f| self.running.contains_key(f.schedule.as_str()));
         self.config = config;
         Diff {
             added,
@@ -924,6 +952,10 @@ impl Beat {
             retimed,
         } = self.install(config);
         self.status.send_modify(|s| s.settled = None);
+        if self.running.len() >= RELEASE_MEMORY_FROM {
+            // The previous configuration (and the tree it was parsed from) is gone.
+            crate::memory::release_freed();
+        }
         // A removed schedule leaves no record behind: added back later, it starts afresh
         // from then rather than catching up the ticks of the time it was absent (on this
         // beat's next takeover, or another beat's). Likewise a new timing starts now: the

@@ -4,15 +4,18 @@
 //! Keys (prefix `celeriac:` by default):
 //! - `beat:leader`  STRING `token:epoch`, PX = lease ttl (Redis's clock decides expiry)
 //! - `beat:epoch`   counter, incremented by each new acquisition (fencing)
-//! - `beat:last`    HASH schedule -> last fired nominal instant (Unix ms)
+//! - `beat:last`    HASH schedule -> `NOMINAL_MS\tQUEUE\tID\tMESSAGE_NOMINAL_MS`: its last
+//!   decided tick (fired, paused or skipped; Unix ms), then the last message it enqueued and
+//!   that message's tick. `NOMINAL_MS` alone before any message; an empty `NOMINAL_MS` once
+//!   forgotten (the message part is kept). One record, so that a fire reads and writes one
+//!   hash field for both.
 //! - `beat:armed`  HASH schedule -> when a beat first ran it (Unix ms; set if absent): a
 //!   schedule that never fired is owed its ticks after this instant
-//! - `beat:last_message` HASH schedule -> `queue\tid\tnominal_ms` of its last message
 //! - `beat:paused`  SET of paused schedules
 //! - `beat:journal` STREAM of every decision, capped (approximately) at `journal_limit`
 //! - `beat:journal:NAME` STREAM of one schedule's non-routine decisions, capped exactly
 //! - `beat:fired:NOMINAL_MS` HASH schedule -> 1, PX = `remember`: "this tick fired" (one hash
-//!   per nominal instant, so that a wave of ticks checks and sets its markers in two commands)
+//!   per nominal instant, so that a wave of ticks sets its markers in one command)
 //!
 //! The fire script (`lua/fire.lua`, built on the broker's `enqueue_lua_lib`) touches the
 //! beat keys and each queue's keys, so it needs a single Redis node (not Cluster).
@@ -32,6 +35,7 @@ static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/
 static JOURNAL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/journal.lua")));
 static ARM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/arm.lua")));
 static RESIGN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/resign.lua")));
+static FORGET: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/forget.lua")));
 static FIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{}\n{}",
@@ -125,7 +129,7 @@ impl RedisBeatStore {
             .broker
             .command(
                 redis::cmd("HMGET")
-                    .arg(self.key("beat:last_message"))
+                    .arg(self.key("beat:last"))
                     .arg(schedules),
             )
             .await?;
@@ -133,7 +137,7 @@ impl RedisBeatStore {
             .iter()
             .map(|x| {
                 string(x).and_then(|s| {
-                    let mut parts = s.split('\t');
+                    let mut parts = s.split('\t').skip(1);
                     Some(LastMessage {
                         queue: parts.next()?.to_string(),
                         id: parts.next()?.to_string(),
@@ -147,7 +151,8 @@ impl RedisBeatStore {
             .collect())
     }
 
-    /// HMGET of Unix-ms instants from a hash of schedules.
+    /// HMGET of Unix-ms instants from a hash of schedules (each value's leading digits:
+    /// `beat:last` has more after them).
     async fn instants(
         &self,
         key: &str,
@@ -161,7 +166,10 @@ impl RedisBeatStore {
                 .await?;
             out.extend(items(&v).iter().map(|x| {
                 string(x)
-                    .and_then(|s| s.parse::<i64>().ok())
+                    .and_then(|s| {
+                        let digits = s.split('\t').next().unwrap_or_default();
+                        digits.parse::<i64>().ok()
+                    })
                     .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
             }));
         }
@@ -185,27 +193,18 @@ impl RedisBeatStore {
         let mut inv = FIRE.prepare_invoke();
         inv.key(self.key("beat:leader"))
             .key(self.key("beat:last"))
-            .key(self.key("beat:last_message"))
             .key(self.key("beat:paused"))
             .key(self.key("beat:journal"));
         for q in &queues {
             let keys = self.broker.queue_keys(q);
             inv.key(&keys.all()[..]);
         }
-        inv.arg(format!("{}:{}", leader.token, leader.epoch))
-            .arg(self.broker.prefix())
-            .arg(self.journal_limit)
-            .arg(self.schedule_journal_limit)
-            .arg(&self.beat_id)
-            .arg(fires.len())
-            .arg(queues.len());
-        for q in &queues {
-            inv.arg(*q);
-        }
-        let mut params = String::new();
+        // Runs of consecutive fires with the same parameters (a wave of minute crons is one):
+        // the script parses each run's parameters once.
+        let mut runs: Vec<(usize, String)> = Vec::new();
         for f in fires {
             use std::fmt::Write;
-            params.clear();
+            let mut params = String::new();
             let _ = write!(
                 params,
                 "{} {} {} {} {} ",
@@ -221,10 +220,29 @@ impl RedisBeatStore {
             if f.catch_up {
                 params.push('c');
             }
+            match runs.last_mut() {
+                Some((len, last)) if *last == params => *len += 1,
+                _ => runs.push((1, params)),
+            }
+        }
+        inv.arg(format!("{}:{}", leader.token, leader.epoch))
+            .arg(self.broker.prefix())
+            .arg(self.journal_limit)
+            .arg(self.schedule_journal_limit)
+            .arg(&self.beat_id)
+            .arg(fires.len())
+            .arg(queues.len())
+            .arg(runs.len());
+        for q in &queues {
+            inv.arg(*q);
+        }
+        for (len, params) in &runs {
+            inv.arg(*len).arg(params.as_str());
+        }
+        for f in fires {
             inv.arg(&f.schedule)
                 .arg(&f.message.id)
-                .arg(f.message.to_json())
-                .arg(params.as_str());
+                .arg(f.message.to_json());
         }
         let reply = self.broker.invoke_script(&inv).await?;
         let rows = items(&reply);
@@ -334,11 +352,12 @@ impl BeatStore for RedisBeatStore {
 
     async fn forget(&self, schedules: &[String]) -> Result<(), BrokerError> {
         for chunk in schedules.chunks(10_000) {
-            for key in ["beat:last", "beat:armed"] {
-                self.broker
-                    .command(redis::cmd("HDEL").arg(self.key(key)).arg(chunk))
-                    .await?;
+            let mut inv = FORGET.prepare_invoke();
+            inv.key(self.key("beat:last")).key(self.key("beat:armed"));
+            for name in chunk {
+                inv.arg(name);
             }
+            self.broker.invoke_script(&inv).await?;
         }
         Ok(())
     }

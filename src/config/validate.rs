@@ -660,21 +660,19 @@ impl<'a> Checker<'a> {
             placeholders: &placeholders,
             timezone: config.timezone,
         };
-        config.schedules = self
-            .schedules(&merged.schedules, &names)
-            .into_iter()
-            .map(|(k, v)| (k, std::sync::Arc::new(v)))
-            .collect();
+        config.schedules = self.schedules(&merged.schedules, &names);
         config
     }
 
     /// Validates schedules; a large number of them is split over several threads (each
-    /// schedule is checked on its own, so only the errors need merging).
+    /// schedule is checked on its own, so only the errors need merging). Each schedule is
+    /// put behind its `Arc` where it is built: a map of 100,000 schedules by value would be
+    /// a second copy of all of them at the peak of loading.
     fn schedules(
         &mut self,
         all: &[Named<'a>],
         names: &Names<'_>,
-    ) -> BTreeMap<String, ScheduleConfig> {
+    ) -> BTreeMap<String, Arc<ScheduleConfig>> {
         let workers = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(all.len() / PARALLEL_SCHEDULES_MIN)
@@ -682,7 +680,9 @@ impl<'a> Checker<'a> {
         if workers == 1 {
             return all
                 .iter()
-                .filter_map(|named| Some((named.name.clone(), self.schedule(named, names)?)))
+                .filter_map(|named| {
+                    Some((named.name.clone(), Arc::new(self.schedule(named, names)?)))
+                })
                 .collect();
         }
         let files = self.files;
@@ -692,10 +692,11 @@ impl<'a> Checker<'a> {
                 .map(|chunk| {
                     scope.spawn(move || {
                         let mut checker = Checker::new(files, Vec::new());
-                        let schedules: Vec<(String, ScheduleConfig)> = chunk
+                        let schedules: Vec<(String, Arc<ScheduleConfig>)> = chunk
                             .iter()
                             .filter_map(|named| {
-                                Some((named.name.clone(), checker.schedule(named, names)?))
+                                let schedule = checker.schedule(named, names)?;
+                                Some((named.name.clone(), Arc::new(schedule)))
                             })
                             .collect();
                         (schedules, checker.errors)

@@ -509,10 +509,19 @@ impl Builder {
                 });
             }
             Event::SequenceEnd | Event::MappingEnd => {
+                // Collections are kept exactly their size: a file of 100,000 small mappings
+                // would otherwise hold twice the room it uses until it is dropped.
                 let (node, anchor) = match self.stack.pop() {
-                    Some(Frame::Seq { loc, anchor, items }) => (
+                    Some(Frame::Seq {
+                        loc,
+                        anchor,
+                        mut items,
+                    }) => (
                         Node {
-                            value: NodeValue::Seq(items),
+                            value: NodeValue::Seq({
+                                items.shrink_to_fit();
+                                items
+                            }),
                             loc,
                         },
                         anchor,
@@ -520,11 +529,14 @@ impl Builder {
                     Some(Frame::Map {
                         loc,
                         anchor,
-                        entries,
+                        mut entries,
                         ..
                     }) => (
                         Node {
-                            value: NodeValue::Map(entries),
+                            value: NodeValue::Map({
+                                entries.shrink_to_fit();
+                                entries
+                            }),
                             loc,
                         },
                         anchor,

@@ -1635,3 +1635,113 @@ async fn beat_core_takeover_journaling_many_misfires_is_quick() {
     eprintln!("takeover with {n} misfire entries took {took:?}");
     b.stop().await;
 }
+
+/// A fire for a store-level test: a message on `queue` at `priority`.
+fn store_fire(schedule: &str, nominal: DateTime<Utc>, queue: &str, priority: u8) -> Fire {
+    let id = celeriac::beat::store::fire_id(schedule, nominal);
+    Fire {
+        schedule: schedule.to_string(),
+        nominal,
+        message: TaskMessage::new("noop", queue)
+            .with_priority(priority)
+            .with_fire(schedule, id),
+        overlap_skip: false,
+        remember: Duration::from_secs(120),
+        catch_up: false,
+    }
+}
+
+/// The Redis store keeps one record per schedule (`beat:last`: the last decided tick, then
+/// the last message): batches mixing queues, priorities and instants land each fire on its
+/// own queue with its own record; `forget` drops the tick part and keeps the message part;
+/// a forgotten schedule's old ticks are still refused by their markers.
+#[tokio::test]
+async fn beat_core_redis_store_records_last_tick_and_message_in_one_record() {
+    let (_server, broker) = redis().await;
+    let store = RedisBeatStore::new(broker.clone(), "rec");
+    let Claim::Acquired { epoch } = store.claim("tok", Duration::from_secs(10)).await.unwrap()
+    else {
+        panic!("a fresh store's lease is free");
+    };
+    let leader = LeaderToken {
+        token: "tok".into(),
+        epoch,
+    };
+    let t0 = utc(2025, 1, 1, 0, 0, 0);
+    let t1 = t0 + secs(60);
+    // Runs of equal parameters, then different queue, priority and instant, then the same
+    // schedule twice in one batch (the newer tick wins the record).
+    let fires = vec![
+        store_fire("a", t0, "default", 5),
+        store_fire("b", t0, "default", 5),
+        store_fire("c", t0, "urgent", 9),
+        store_fire("d", t1, "default", 5),
+        store_fire("d", t1 + secs(60), "default", 5),
+    ];
+    let out = store.fire(&leader, &fires).await.unwrap();
+    assert_eq!(out, vec![FireOutcome::Fired; 5]);
+    let names: Vec<String> = ["a", "b", "c", "d", "never"].map(String::from).to_vec();
+    let last = store.last_fired(&names).await.unwrap();
+    assert_eq!(
+        last,
+        vec![Some(t0), Some(t0), Some(t0), Some(t1 + secs(60)), None]
+    );
+    let msgs = store.last_messages(&names).await.unwrap();
+    let c = msgs[2].as_ref().expect("c has a message");
+    assert_eq!(c.queue, "urgent");
+    assert_eq!(c.id, fires[2].message.id);
+    assert_eq!(c.nominal, Some(t0));
+    assert_eq!(msgs[3].as_ref().unwrap().id, fires[4].message.id);
+    assert!(msgs[4].is_none());
+    assert_eq!(queued(&broker, "default").await.len(), 4);
+    assert_eq!(queued(&broker, "urgent").await.len(), 1);
+    // Again: every tick was decided already.
+    let again = store.fire(&leader, &fires).await.unwrap();
+    assert_eq!(again, vec![FireOutcome::AlreadyFired; 5]);
+
+    // Paused: the tick is decided (recorded) but the last message stays the previous one.
+    store.set_paused("a", true).await.unwrap();
+    let paused = store
+        .fire(&leader, &[store_fire("a", t1, "default", 5)])
+        .await
+        .unwrap();
+    assert_eq!(paused, vec![FireOutcome::Paused]);
+    assert_eq!(store.last_fired(&names[..1]).await.unwrap(), vec![Some(t1)]);
+    let a = store
+        .last_messages(&names[..1])
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    assert_eq!(
+        (a.id.as_str(), a.nominal),
+        (fires[0].message.id.as_str(), Some(t0))
+    );
+    store.set_paused("a", false).await.unwrap();
+
+    // Forgotten: no last tick, the last message kept; the old tick is still refused (its
+    // marker), a new one fires.
+    store.forget(&names[..2]).await.unwrap();
+    assert_eq!(
+        store.last_fired(&names[..2]).await.unwrap(),
+        vec![None, None]
+    );
+    let kept = store.last_messages(&names[..2]).await.unwrap();
+    assert_eq!(kept[0].as_ref().unwrap().id, fires[0].message.id);
+    assert_eq!(kept[1].as_ref().unwrap().id, fires[1].message.id);
+    let after = store
+        .fire(
+            &leader,
+            &[
+                store_fire("b", t0, "default", 5),
+                store_fire("b", t1, "default", 5),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(after, vec![FireOutcome::AlreadyFired, FireOutcome::Fired]);
+    assert_eq!(
+        store.last_fired(&names[1..2]).await.unwrap(),
+        vec![Some(t1)]
+    );
+}
