@@ -41,6 +41,9 @@ use crate::schedule::Timing;
 /// to INFO.
 pub const LOG_EACH_FIRE_UP_TO: usize = 1000;
 
+/// Ticks in the first wave of a burst (then [`BeatOptions::wave_limit`] each).
+const FIRST_WAVE: usize = 1_000;
+
 /// From this many schedules on, rebuilding the agenda or installing a configuration is
 /// followed by handing the freed memory back to the system ([`crate::memory`]).
 const RELEASE_MEMORY_FROM: usize = 10_000;
@@ -68,7 +71,7 @@ impl Default for BeatOptions {
         BeatOptions {
             lease_ttl: Duration::from_secs(10),
             beat_id: default_beat_id(),
-            wave_limit: 10_000,
+            wave_limit: 5_000,
             notifier: None,
             signing: None,
         }
@@ -153,6 +156,14 @@ struct Running {
     /// When this beat installed the schedule (added at start or by a reload): with no record
     /// of a fire, ticks after it are owed (see [`BeatStore::arm`]).
     since: DateTime<Utc>,
+}
+
+/// Fires being sent on their own task ([`Beat::start_send`]).
+struct InFlight {
+    fires: Arc<Vec<Fire>>,
+    task: tokio::task::JoinHandle<Result<Vec<FireOutcome>, BrokerError>>,
+    /// The lease epoch it was sent under.
+    epoch: u64,
 }
 
 struct Leadership {
@@ -638,18 +649,26 @@ impl Beat {
                 return sent;
             }
         }
+        // Waves are pipelined: while one is in Redis (sent on its own task), the next is
+        // built here. Its outcomes are accounted for, and the lease kept alive, before the
+        // next one is sent.
+        // The first wave is small, so that Redis has work while the next, full one is built.
+        let mut in_flight: Option<InFlight> = None;
+        let mut limit = self.options.wave_limit.min(FIRST_WAVE);
         loop {
             let now = self.clock.now();
             let running = &self.running;
             let due = self
                 .agenda
-                .pop_due_within(now, self.options.wave_limit, |name| {
-                    running.get(name).map(|r| r.policy.grace)
-                });
+                .pop_due_within(now, limit, |name| running.get(name).map(|r| r.policy.grace));
             if due.is_empty() {
+                if let Some(f) = in_flight.take() {
+                    self.finish_send(f).await;
+                }
                 return sent;
             }
-            let full = due.len() == self.options.wave_limit;
+            let full = due.len() == limit;
+            limit = self.options.wave_limit;
             let mut fires = Vec::with_capacity(due.len());
             let mut late = Vec::new();
             for d in due {
@@ -708,12 +727,32 @@ impl Beat {
             if !late.is_empty() {
                 self.journal(late).await;
             }
+            // Sent at once: the previous wave may still be in Redis (each script call checks
+            // the lease itself, and the store dedupes a retry).
             sent += fires.len();
-            self.send_fires(fires).await;
-            if !full || !self.pending.is_empty() || !self.is_firing() {
-                return sent;
+            let next = self.start_send(fires);
+            if let Some(f) = in_flight.take() {
+                let epoch = f.epoch;
+                self.finish_send(f).await;
+                let same_lease = self.leader.as_ref().map(|l| l.token.epoch) == Some(epoch);
+                if !self.pending.is_empty()
+                    || !same_lease
+                    || !self.is_firing()
+                    || !self.keep_alive_between_waves().await
+                {
+                    // Stopping: the wave just sent is accounted for like any (kept for a
+                    // retry on a transient failure, dropped with a lost lease).
+                    if let Some(n) = next {
+                        self.finish_send(n).await;
+                    }
+                    return sent;
+                }
             }
-            if !self.keep_alive_between_waves().await {
+            in_flight = next;
+            if !full {
+                if let Some(f) = in_flight.take() {
+                    self.finish_send(f).await;
+                }
                 return sent;
             }
         }
@@ -721,14 +760,48 @@ impl Beat {
 
     /// Sends fires to the store and accounts for the outcomes.
     async fn send_fires(&mut self, fires: Vec<Fire>) {
-        if fires.is_empty() {
-            return;
+        if let Some(f) = self.start_send(fires) {
+            self.finish_send(f).await;
         }
-        let Some(l) = &self.leader else {
-            return;
-        };
-        let token = l.token.clone();
-        match self.store.fire(&token, &fires).await {
+    }
+
+    /// Sends fires to the store on a task of their own (the caller goes on building the next
+    /// wave meanwhile). `None` when there is nothing to send or no lease to send under.
+    fn start_send(&self, fires: Vec<Fire>) -> Option<InFlight> {
+        if fires.is_empty() {
+            return None;
+        }
+        let token = self.leader.as_ref()?.token.clone();
+        let epoch = token.epoch;
+        let store = self.store.clone();
+        let fires = Arc::new(fires);
+        let sending = fires.clone();
+        let task = tokio::spawn(async move { store.fire(&token, &sending).await });
+        Some(InFlight { fires, task, epoch })
+    }
+
+    /// Waits for a send started by [`Beat::start_send`] and accounts for its outcomes.
+    async fn finish_send(&mut self, f: InFlight) {
+        let result = f.task.await.unwrap_or_else(|e| {
+            // The store call panicked: handled like a failed call (the store dedupes).
+            Err(BrokerError::Backend(format!("fire task failed: {e}")))
+        });
+        let fires = Arc::try_unwrap(f.fires).unwrap_or_else(|shared| (*shared).clone());
+        self.account(fires, result, f.epoch).await;
+    }
+
+    /// Accounts for the outcomes of a send made under lease `epoch`: status, logs, metrics;
+    /// a transient failure keeps the fires for a retry (after those kept already).
+    async fn account(
+        &mut self,
+        fires: Vec<Fire>,
+        result: Result<Vec<FireOutcome>, BrokerError>,
+        epoch: u64,
+    ) {
+        // Answers about a lease this beat no longer holds (lost, or lost and won again
+        // meanwhile) change nothing about the current one.
+        let current = self.leader.as_ref().map(|l| l.token.epoch) == Some(epoch);
+        match result {
             Ok(outcomes) => {
                 self.broker_up();
                 let published = self.clock.now();
@@ -814,7 +887,7 @@ impl Beat {
                     );
                 }
                 self.publish_status();
-                if lost {
+                if lost && current {
                     self.leader = None;
                     self.next_claim = Instant::now();
                     self.lose_leadership("the store says another beat leads")
@@ -824,7 +897,9 @@ impl Beat {
             Err(e) if e.is_transient() => {
                 // Ambiguous: some may have fired. Retrying is safe: the store dedupes.
                 self.broker_failed(&e);
-                self.pending = fires;
+                if current {
+                    self.pending.extend(fires);
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, count = fires.len(), "fire failed; ticks dropped");

@@ -232,7 +232,8 @@ impl RedisBeatStore {
             .arg(&self.beat_id)
             .arg(fires.len())
             .arg(queues.len())
-            .arg(runs.len());
+            .arg(runs.len())
+            .arg(if repeats_a_schedule(fires) { "1" } else { "0" });
         for q in &queues {
             inv.arg(*q);
         }
@@ -444,6 +445,13 @@ impl BeatStore for RedisBeatStore {
 }
 
 /// The fields of a journal entry, in the order `lua/journal.lua` takes them.
+/// Whether a batch holds a schedule more than once (several ticks of one schedule: a
+/// catch-up, a backlog): the fire script then tracks each schedule's record within the batch.
+fn repeats_a_schedule(fires: &[Fire]) -> bool {
+    let mut seen = std::collections::HashSet::with_capacity(fires.len());
+    !fires.iter().all(|f| seen.insert(f.schedule.as_str()))
+}
+
 fn journal_fields(e: &JournalEntry, beat: &str) -> Vec<(&'static str, String)> {
     vec![
         ("at", e.at.timestamp_millis().to_string()),

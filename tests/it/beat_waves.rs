@@ -13,10 +13,27 @@ use chrono::{DateTime, Utc};
 
 use crate::redis_server::RedisServer;
 
-/// The Redis store, with each fire call slowed down by `per_fire` per tick (a busy Redis).
+/// The Redis store, with each fire call slowed down by `per_fire` per tick (a busy Redis),
+/// and the fire calls numbered in `fail_calls` (from 0) failing as if the connection dropped
+/// after Redis ran them (`applied`) or before.
 struct SlowStore {
     inner: RedisBeatStore,
     per_fire: Duration,
+    fail_calls: Vec<usize>,
+    applied: bool,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl SlowStore {
+    fn new(inner: RedisBeatStore, per_fire: Duration) -> Self {
+        SlowStore {
+            inner,
+            per_fire,
+            fail_calls: Vec::new(),
+            applied: false,
+            calls: Default::default(),
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -32,7 +49,16 @@ impl BeatStore for SlowStore {
         leader: &LeaderToken,
         fires: &[Fire],
     ) -> Result<Vec<FireOutcome>, BrokerError> {
+        let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::time::sleep(self.per_fire * fires.len() as u32).await;
+        if self.fail_calls.contains(&call) {
+            if self.applied {
+                self.inner.fire(leader, fires).await?;
+            }
+            return Err(BrokerError::ConnectionLost(format!(
+                "test: fire call {call}"
+            )));
+        }
         self.inner.fire(leader, fires).await
     }
     async fn last_fired(
@@ -74,10 +100,10 @@ async fn a_wave_longer_than_the_lease_keeps_leadership_and_fires_every_tick() {
         yaml.push_str(&format!("  s{i}: {{cron: '* * * * *', task: noop}}\n"));
     }
     let cfg = celeriac::config::load_str(&yaml, std::path::Path::new("w.yaml")).unwrap();
-    let store = Arc::new(SlowStore {
-        inner: RedisBeatStore::new(broker.clone(), "w"),
-        per_fire: Duration::from_millis(10),
-    });
+    let store = Arc::new(SlowStore::new(
+        RedisBeatStore::new(broker.clone(), "w"),
+        Duration::from_millis(10),
+    ));
     // The clock: just before a minute boundary, then 100 ms after it.
     let boundary =
         DateTime::from_timestamp((Utc::now().timestamp() / 60 + 1) * 60, 0).expect("in range");
@@ -136,4 +162,91 @@ async fn a_wave_longer_than_the_lease_keeps_leadership_and_fires_every_tick() {
         .await
         .unwrap();
     assert_eq!(stats.ready_total(), 300, "a tick fired twice");
+}
+
+/// Waves are pipelined (the next one is sent while the previous one is in Redis): when
+/// calls of both fail on the way (some after Redis ran them, some before), every tick is
+/// still fired exactly once, by the retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_waves_that_fail_midway_fire_every_tick_once() {
+    for applied in [false, true] {
+        let server = RedisServer::start();
+        let broker = crate::beat_core::connect(&server).await;
+        let mut yaml =
+            String::from("queues:\n  default: {}\ntasks:\n  noop: {builtin: noop}\nschedules:\n");
+        for i in 0..200 {
+            yaml.push_str(&format!("  s{i}: {{cron: '* * * * *', task: noop}}\n"));
+        }
+        let cfg = celeriac::config::load_str(&yaml, std::path::Path::new("w.yaml")).unwrap();
+        // Waves of 20 (the first one too: the first-wave size is 1,000). Calls 0 and 1 are
+        // the first two waves, both in flight at once (the second is sent before the first
+        // one's answer is in); call 4 fails later on.
+        let mut slow = SlowStore::new(
+            RedisBeatStore::new(broker.clone(), "w"),
+            Duration::from_millis(2),
+        );
+        slow.fail_calls = vec![0, 1, 4];
+        slow.applied = applied;
+        let store = Arc::new(slow);
+        let boundary =
+            DateTime::from_timestamp((Utc::now().timestamp() / 60 + 1) * 60, 0).expect("in range");
+        let clock = Arc::new(celeriac::clock::ManualClock::new(
+            boundary - chrono::Duration::milliseconds(200),
+        ));
+        let beat = Beat::new(
+            Arc::new(cfg),
+            store.clone(),
+            clock.clone(),
+            BeatOptions {
+                // Retries of failed waves come with the loop's wake-ups (lease renewals).
+                lease_ttl: Duration::from_secs(2),
+                beat_id: "w".into(),
+                wave_limit: 20,
+                ..BeatOptions::default()
+            },
+        );
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let (_tx, reloads) = tokio::sync::mpsc::channel(1);
+        let task = tokio::spawn(beat.run(shutdown.clone(), reloads));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        clock.set(boundary + chrono::Duration::milliseconds(100));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let stats = celeriac::broker::Broker::queue_stats(&*broker, "default")
+                .await
+                .unwrap();
+            if stats.ready_total() >= 200 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "applied={applied}: only {} of 200 ticks fired",
+                stats.ready_total()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Give stray retries time to show up, then count.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        shutdown.cancel();
+        task.await.unwrap().unwrap();
+        assert!(
+            store.calls.load(std::sync::atomic::Ordering::SeqCst) > 10,
+            "the failing calls were retried"
+        );
+        let stats = celeriac::broker::Broker::queue_stats(&*broker, "default")
+            .await
+            .unwrap();
+        assert_eq!(
+            stats.ready_total(),
+            200,
+            "applied={applied}: a tick fired twice"
+        );
+        let journal = store.read_journal(None, 10_000).await.unwrap();
+        let fired: std::collections::BTreeSet<_> = journal
+            .iter()
+            .filter(|e| e.event == "fired")
+            .filter_map(|e| e.schedule.clone())
+            .collect();
+        assert_eq!(fired.len(), 200, "applied={applied}: every schedule fired");
+    }
 }

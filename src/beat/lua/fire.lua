@@ -9,7 +9,9 @@
 -- then 8 keys per queue used by the batch (QueueKeys::all order), queue i at 5 + 8 * i.
 -- ARGV[1] expected leader value "token:epoch"; ARGV[2] key prefix; ARGV[3] journal maxlen;
 -- ARGV[4] per-schedule journal maxlen; ARGV[5] beat id; ARGV[6] n (fires); ARGV[7] nq
--- (queues); ARGV[8] ng (runs of fires sharing their parameters); then the nq queue names
+-- (queues); ARGV[8] ng (runs of fires sharing their parameters); ARGV[9] "1" when a schedule
+-- may come more than once in the batch (else "0": no per-schedule bookkeeping is needed
+-- within the batch); then the nq queue names
 -- (queue i's keys are the i-th group of 8 KEYS); then per run its length and its fires'
 -- parameters "nominal_ms remember_ms queue_index priority eta_ms flags" (flags: "o" overlap
 -- skip, "c" catch-up; may be empty); then 3 per fire, in run order: schedule, message id,
@@ -60,20 +62,17 @@ local function journal(schedule, event, nominal_ms, detail)
     'schedule', schedule, 'event', event, 'nominal', nominal_ms, 'detail', detail, 'beat', beat)
 end
 
--- The runs' parameters, parsed once per run; G[i] is fire i's run.
-local R_t, R_rem, R_qi, R_pri, R_eta, R_flags = {}, {}, {}, {}, {}, {}
-local G = {}
-local a = 9 + nq
-local i = 0
+local dups = ARGV[9] == '1'
+-- The runs' parameters, parsed once per run; run g ends at fire index R_end[g].
+local R_t, R_rem, R_qi, R_pri, R_eta, R_flags, R_end = {}, {}, {}, {}, {}, {}, {}
+local a = 10 + nq
+local last_index = -1
 for g = 1, ng do
-  local len = tonumber(ARGV[a])
   local t, remember, qi, p, eta, flags = string.match(ARGV[a + 1], '^(%d+) (%d+) (%d+) (%d+) (%d+) ?(%a*)$')
   R_t[g], R_rem[g], R_qi[g], R_pri[g], R_eta[g], R_flags[g] =
     t, tonumber(remember), tonumber(qi), tonumber(p), tonumber(eta), flags
-  for _ = 1, len do
-    G[i] = g
-    i = i + 1
-  end
+  last_index = last_index + tonumber(ARGV[a])
+  R_end[g] = last_index
   a = a + 2
 end
 local B = a               -- first argument of the first fire
@@ -92,17 +91,19 @@ local any_paused = redis.call('SCARD', KEYS[3]) > 0
 -- Fired markers of the fires with no last record: one HMGET per nominal instant.
 local by_nominal = {}   -- nominal ms text -> {fire indexes}
 local order = {}
+local g = 1
 for i = 0, n - 1 do
+  if i > R_end[g] then g = g + 1 end
   local rec = lasts[i + 1]
   if not rec or string.byte(rec, 1) == 9 then   -- none, or forgotten ("\t...")
-    local t = R_t[G[i]]
-    local g = by_nominal[t]
-    if not g then
-      g = {}
-      by_nominal[t] = g
+    local t = R_t[g]
+    local group = by_nominal[t]
+    if not group then
+      group = {}
+      by_nominal[t] = group
       order[#order + 1] = t
     end
-    g[#g + 1] = i
+    group[#group + 1] = i
   end
 end
 local marked = {}       -- fire index -> true when its marker exists
@@ -133,12 +134,14 @@ local recs = {}                 -- schedule -> its record as this batch left it
 -- batch looks here.
 local enqueued = {}
 
+g = 1
 for i = 0, n - 1 do
+  if i > R_end[g] then g = g + 1 end
   local b = B + i * F
   local schedule = ARGV[b]
-  local g = G[i]
   local nominal_ms, flags = R_t[g], R_flags[g]
-  local rec = recs[schedule] or lasts[i + 1]
+  local rec = lasts[i + 1]
+  if dups then rec = recs[schedule] or rec end
   -- The record's nominal part: up to its first tab (a forgotten one is empty).
   local tab = rec and string.find(rec, '\t', 1, true)
   local last = rec and (tab and string.sub(rec, 1, tab - 1) or rec)
@@ -153,7 +156,7 @@ for i = 0, n - 1 do
     else
       local id = ARGV[b + 1]
       local qi = R_qi[g]
-      local qname = ARGV[9 + qi]
+      local qname = ARGV[10 + qi]
       local running = nil
       if flags ~= '' and string.find(flags, 'o', 1, true) and tab then
         local q, rid = string.match(rec, '^%d*\t(.-)\t(.-)\t')
@@ -212,7 +215,7 @@ for i = 0, n - 1 do
     m[c + 2] = '1'
     mark_len[nominal_ms] = c + 2
     if R_rem[g] > mark_ttl[nominal_ms] then mark_ttl[nominal_ms] = R_rem[g] end
-    recs[schedule] = decided
+    if dups then recs[schedule] = decided end
     nl = nl + 2
     last_args[nl - 1] = schedule
     last_args[nl] = decided
