@@ -71,7 +71,7 @@ impl Default for BeatOptions {
         BeatOptions {
             lease_ttl: Duration::from_secs(10),
             beat_id: default_beat_id(),
-            wave_limit: 5_000,
+            wave_limit: 2_000,
             notifier: None,
             signing: None,
         }

@@ -524,7 +524,7 @@ impl BeatStore for Spy {
 
 /// 2,000 ticks due at once go to the store in two calls, not 2,000: a first wave of 1,000
 /// (small, so that Redis has work while the next one is built), then the rest (waves of up
-/// to 5,000).
+/// to 2,000).
 #[tokio::test]
 async fn beat_core_a_wave_of_many_due_schedules_fires_in_few_batches() {
     let (_server, broker) = redis().await;
