@@ -233,7 +233,8 @@ impl RedisBeatStore {
             .arg(fires.len())
             .arg(queues.len())
             .arg(runs.len())
-            .arg(if repeats_a_schedule(fires) { "1" } else { "0" });
+            .arg(if repeats_a_schedule(fires) { "1" } else { "0" })
+            .arg(routine_journal_lines(fires));
         for q in &queues {
             inv.arg(*q);
         }
@@ -445,6 +446,32 @@ impl BeatStore for RedisBeatStore {
 }
 
 /// The fields of a journal entry, in the order `lua/journal.lua` takes them.
+/// The fire script's journal entry for a batch whose every fire is a routine one (not a
+/// catch-up, none skipped): a line "schedule\tqueue\tid\tnominal_ms" per fire. Built here,
+/// where it is cheap, rather than by the script per fire; the script builds the lines itself
+/// when the batch turns out otherwise. Empty when the batch holds a catch-up.
+fn routine_journal_lines(fires: &[Fire]) -> String {
+    use std::fmt::Write;
+    if fires.iter().any(|f| f.catch_up) {
+        return String::new();
+    }
+    let mut out = String::with_capacity(fires.len() * 64);
+    for (i, f) in fires.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let _ = write!(
+            out,
+            "{}\t{}\t{}\t{}",
+            f.schedule,
+            f.message.queue,
+            f.message.id,
+            f.nominal.timestamp_millis()
+        );
+    }
+    out
+}
+
 /// Whether a batch holds a schedule more than once (several ticks of one schedule: a
 /// catch-up, a backlog): the fire script then tracks each schedule's record within the batch.
 fn repeats_a_schedule(fires: &[Fire]) -> bool {

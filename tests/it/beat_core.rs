@@ -1698,9 +1698,54 @@ async fn beat_core_redis_store_records_last_tick_and_message_in_one_record() {
     assert!(msgs[4].is_none());
     assert_eq!(queued(&broker, "default").await.len(), 4);
     assert_eq!(queued(&broker, "urgent").await.len(), 1);
+    // The journal has one "fired" entry per fire, with its message and queue (the batch's
+    // entry as the beat built it: every fire was routine).
+    let fired_entries = |journal: Vec<JournalEntry>| -> BTreeSet<(String, String, String)> {
+        journal
+            .into_iter()
+            .filter(|e| e.event == "fired")
+            .map(|e| (e.schedule.unwrap(), e.fire_id.unwrap(), e.detail))
+            .collect()
+    };
+    let expected: BTreeSet<(String, String, String)> = fires
+        .iter()
+        .map(|f| {
+            (
+                f.schedule.clone(),
+                f.message.fire_id.clone().unwrap(),
+                format!("message {} on {}", f.message.id, f.message.queue),
+            )
+        })
+        .collect();
+    let journal = store.read_journal(None, 100).await.unwrap();
+    assert_eq!(fired_entries(journal), expected);
     // Again: every tick was decided already.
     let again = store.fire(&leader, &fires).await.unwrap();
     assert_eq!(again, vec![FireOutcome::AlreadyFired; 5]);
+    // A batch where only some fire: the script writes the lines of those (not the beat's).
+    let mixed = vec![
+        store_fire("a", t0, "default", 5),
+        store_fire("e", t1, "urgent", 9),
+        store_fire("b", t0, "default", 5),
+    ];
+    let out = store.fire(&leader, &mixed).await.unwrap();
+    assert_eq!(
+        out,
+        vec![
+            FireOutcome::AlreadyFired,
+            FireOutcome::Fired,
+            FireOutcome::AlreadyFired
+        ]
+    );
+    let newest = store.read_journal(None, 1).await.unwrap();
+    assert_eq!(
+        fired_entries(newest),
+        BTreeSet::from([(
+            "e".to_string(),
+            mixed[1].message.fire_id.clone().unwrap(),
+            format!("message {} on urgent", mixed[1].message.id)
+        )])
+    );
 
     // Paused: the tick is decided (recorded) but the last message stays the previous one.
     store.set_paused("a", true).await.unwrap();

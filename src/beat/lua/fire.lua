@@ -11,7 +11,9 @@
 -- ARGV[4] per-schedule journal maxlen; ARGV[5] beat id; ARGV[6] n (fires); ARGV[7] nq
 -- (queues); ARGV[8] ng (runs of fires sharing their parameters); ARGV[9] "1" when a schedule
 -- may come more than once in the batch (else "0": no per-schedule bookkeeping is needed
--- within the batch); then the nq queue names
+-- within the batch); ARGV[10] the batch's journal lines as they are when every fire of the
+-- batch is a routine fire (the common case: the script then builds no line); then the nq
+-- queue names
 -- (queue i's keys are the i-th group of 8 KEYS); then per run its length and its fires'
 -- parameters "nominal_ms remember_ms queue_index priority eta_ms flags" (flags: "o" overlap
 -- skip, "c" catch-up; may be empty); then 3 per fire, in run order: schedule, message id,
@@ -65,7 +67,7 @@ end
 local dups = ARGV[9] == '1'
 -- The runs' parameters, parsed once per run; run g ends at fire index R_end[g].
 local R_t, R_rem, R_qi, R_pri, R_eta, R_flags, R_end = {}, {}, {}, {}, {}, {}, {}
-local a = 10 + nq
+local a = 11 + nq
 local last_index = -1
 for g = 1, ng do
   local t, remember, qi, p, eta, flags = string.match(ARGV[a + 1], '^(%d+) (%d+) (%d+) (%d+) (%d+) ?(%a*)$')
@@ -121,7 +123,9 @@ local mark_len = {}     -- nominal ms text -> #new_marks[t] (no `#` per fire)
 local mark_ttl = {}     -- nominal ms text -> longest remember ms
 
 -- Batched writes.
-local fired_lines, nf = {}, 0   -- the batch's routine journal entry
+-- The batch's routine journal entry: its fires' indexes and queues (lines are built only when
+-- some fire of the batch was not routine; else the beat's ARGV[10] is the entry).
+local fired_i, fired_q, nf = {}, {}, 0
 local last_args, nl = {}, 0     -- HSET KEYS[2]: schedule, record (in fire order: the last wins)
 local ready = {}                -- per queue index: {priority, id, ...} in fire order
 local bodies = {}               -- per queue index: HSET msg args (same length as ready)
@@ -156,7 +160,7 @@ for i = 0, n - 1 do
     else
       local id = ARGV[b + 1]
       local qi = R_qi[g]
-      local qname = ARGV[10 + qi]
+      local qname = ARGV[11 + qi]
       local running = nil
       if flags ~= '' and string.find(flags, 'o', 1, true) and tab then
         local q, rid = string.match(rec, '^%d*\t(.-)\t(.-)\t')
@@ -200,7 +204,8 @@ for i = 0, n - 1 do
           journal(schedule, 'caught_up', nominal_ms, 'message ' .. id .. ' on ' .. qname)
         else
           nf = nf + 1
-          fired_lines[nf] = schedule .. '\t' .. qname .. '\t' .. id .. '\t' .. nominal_ms
+          fired_i[nf] = i
+          fired_q[nf] = qname
         end
         out[i + 1] = 1
       end
@@ -253,8 +258,19 @@ if nl > 0 then redis.call('HSET', KEYS[2], unpack(last_args)) end
 -- "schedule\tqueue\tid\tnominal_ms".
 local keep = tonumber(jmax)
 if nf > 0 then
-  redis.call('XADD', KEYS[4], '*', 'at', now, 'event', 'fired', 'beat', beat,
-    'ticks', table.concat(fired_lines, '\n'))
+  local ticks = ARGV[10]
+  if nf < n then
+    local lines = {}
+    local g = 1
+    for k = 1, nf do
+      local i = fired_i[k]
+      while i > R_end[g] do g = g + 1 end
+      local b = B + i * F
+      lines[k] = ARGV[b] .. '\t' .. fired_q[k] .. '\t' .. ARGV[b + 1] .. '\t' .. R_t[g]
+    end
+    ticks = table.concat(lines, '\n')
+  end
+  redis.call('XADD', KEYS[4], '*', 'at', now, 'event', 'fired', 'beat', beat, 'ticks', ticks)
   if nf > 1 then keep = math.max(10, math.floor(keep / nf)) end
 end
 redis.call('XTRIM', KEYS[4], 'MAXLEN', '~', keep)
