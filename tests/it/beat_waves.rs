@@ -7,9 +7,12 @@ use std::time::Duration;
 
 use celeriac::beat::redis_store::RedisBeatStore;
 use celeriac::beat::store::{BeatStore, Claim, Fire, FireOutcome, JournalEntry, LeaderToken};
-use celeriac::beat::{Beat, BeatOptions};
-use celeriac::broker::BrokerError;
+use celeriac::beat::{Beat, BeatError, BeatOptions};
+use celeriac::broker::{Broker, BrokerError, RedisBroker};
+use celeriac::config::Config;
 use chrono::{DateTime, Utc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::redis_server::RedisServer;
 
@@ -88,23 +91,23 @@ impl BeatStore for SlowStore {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wave_longer_than_the_lease_keeps_leadership_and_fires_every_tick() {
-    let server = RedisServer::start();
-    let broker = crate::beat_core::connect(&server).await;
-    // 300 minute crons due at the same instant; firing them takes 300 x 10 ms = 3 s, three
-    // times the 1 s lease.
+/// A configuration of `n` minute crons, all due at the same instants.
+fn minute_crons(n: usize) -> Config {
     let mut yaml =
         String::from("queues:\n  default: {}\ntasks:\n  noop: {builtin: noop}\nschedules:\n");
-    for i in 0..300 {
+    for i in 0..n {
         yaml.push_str(&format!("  s{i}: {{cron: '* * * * *', task: noop}}\n"));
     }
-    let cfg = celeriac::config::load_str(&yaml, std::path::Path::new("w.yaml")).unwrap();
-    let store = Arc::new(SlowStore::new(
-        RedisBeatStore::new(broker.clone(), "w"),
-        Duration::from_millis(10),
-    ));
-    // The clock: just before a minute boundary, then 100 ms after it.
+    celeriac::config::load_str(&yaml, std::path::Path::new("w.yaml")).unwrap()
+}
+
+/// Runs a beat (waves of 20) on a manual clock set just before a minute boundary, then moves
+/// the clock 100 ms past it. Cancel the token to stop the beat, then await the task.
+async fn run_past_a_boundary(
+    cfg: Config,
+    store: Arc<SlowStore>,
+    lease_ttl: Duration,
+) -> (CancellationToken, JoinHandle<Result<(), BeatError>>) {
     let boundary =
         DateTime::from_timestamp((Utc::now().timestamp() / 60 + 1) * 60, 0).expect("in range");
     let clock = Arc::new(celeriac::clock::ManualClock::new(
@@ -112,36 +115,59 @@ async fn a_wave_longer_than_the_lease_keeps_leadership_and_fires_every_tick() {
     ));
     let beat = Beat::new(
         Arc::new(cfg),
-        store.clone(),
+        store,
         clock.clone(),
         BeatOptions {
-            lease_ttl: Duration::from_secs(1),
+            lease_ttl,
             beat_id: "w".into(),
             wave_limit: 20,
             ..BeatOptions::default()
         },
     );
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let (_tx, reloads) = tokio::sync::mpsc::channel(1);
-    let task = tokio::spawn(beat.run(shutdown.clone(), reloads));
+    let shutdown = CancellationToken::new();
+    let (reload_tx, reloads) = tokio::sync::mpsc::channel(1);
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let _reload_source = reload_tx;
+        beat.run(stop, reloads).await
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     clock.set(boundary + chrono::Duration::milliseconds(100));
+    (shutdown, task)
+}
+
+/// Waits until the default queue holds `n` ready messages; `Err(count)` after 30 s.
+async fn ready_reaches(broker: &RedisBroker, n: u64) -> Result<(), u64> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let stats = celeriac::broker::Broker::queue_stats(&*broker, "default")
-            .await
-            .unwrap();
-        if stats.ready_total() >= 300 {
-            break;
+        let ready = broker.queue_stats("default").await.unwrap().ready_total();
+        if ready >= n {
+            return Ok(());
         }
         if std::time::Instant::now() > deadline {
-            panic!(
-                "only {} of 300 ticks fired; journal: {:?}",
-                stats.ready_total(),
-                store.read_journal(None, 50).await
-            );
+            return Err(ready);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wave_longer_than_the_lease_keeps_leadership_and_fires_every_tick() {
+    let server = RedisServer::start();
+    let broker = crate::beat_core::connect(&server).await;
+    // 300 minute crons due at the same instant; firing them takes 300 x 10 ms = 3 s, three
+    // times the 1 s lease.
+    let store = Arc::new(SlowStore::new(
+        RedisBeatStore::new(broker.clone(), "w"),
+        Duration::from_millis(10),
+    ));
+    let (shutdown, task) =
+        run_past_a_boundary(minute_crons(300), store.clone(), Duration::from_secs(1)).await;
+    if let Err(ready) = ready_reaches(&broker, 300).await {
+        panic!(
+            "only {ready} of 300 ticks fired; journal: {:?}",
+            store.read_journal(None, 50).await
+        );
     }
     shutdown.cancel();
     task.await.unwrap().unwrap();
@@ -158,9 +184,7 @@ async fn a_wave_longer_than_the_lease_keeps_leadership_and_fires_every_tick() {
     assert_eq!(acquired, 1, "one leadership for the whole wave");
     let fired = journal.iter().filter(|e| e.event == "fired").count();
     assert_eq!(fired, 300);
-    let stats = celeriac::broker::Broker::queue_stats(&*broker, "default")
-        .await
-        .unwrap();
+    let stats = broker.queue_stats("default").await.unwrap();
     assert_eq!(stats.ready_total(), 300, "a tick fired twice");
 }
 
@@ -172,12 +196,6 @@ async fn pipelined_waves_that_fail_midway_fire_every_tick_once() {
     for applied in [false, true] {
         let server = RedisServer::start();
         let broker = crate::beat_core::connect(&server).await;
-        let mut yaml =
-            String::from("queues:\n  default: {}\ntasks:\n  noop: {builtin: noop}\nschedules:\n");
-        for i in 0..200 {
-            yaml.push_str(&format!("  s{i}: {{cron: '* * * * *', task: noop}}\n"));
-        }
-        let cfg = celeriac::config::load_str(&yaml, std::path::Path::new("w.yaml")).unwrap();
         // Waves of 20 (the first one too: the first-wave size is 1,000). Calls 0 and 1 are
         // the first two waves, both in flight at once (the second is sent before the first
         // one's answer is in); call 4 fails later on.
@@ -188,42 +206,11 @@ async fn pipelined_waves_that_fail_midway_fire_every_tick_once() {
         slow.fail_calls = vec![0, 1, 4];
         slow.applied = applied;
         let store = Arc::new(slow);
-        let boundary =
-            DateTime::from_timestamp((Utc::now().timestamp() / 60 + 1) * 60, 0).expect("in range");
-        let clock = Arc::new(celeriac::clock::ManualClock::new(
-            boundary - chrono::Duration::milliseconds(200),
-        ));
-        let beat = Beat::new(
-            Arc::new(cfg),
-            store.clone(),
-            clock.clone(),
-            BeatOptions {
-                // Retries of failed waves come with the loop's wake-ups (lease renewals).
-                lease_ttl: Duration::from_secs(2),
-                beat_id: "w".into(),
-                wave_limit: 20,
-                ..BeatOptions::default()
-            },
-        );
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let (_tx, reloads) = tokio::sync::mpsc::channel(1);
-        let task = tokio::spawn(beat.run(shutdown.clone(), reloads));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        clock.set(boundary + chrono::Duration::milliseconds(100));
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let stats = celeriac::broker::Broker::queue_stats(&*broker, "default")
-                .await
-                .unwrap();
-            if stats.ready_total() >= 200 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "applied={applied}: only {} of 200 ticks fired",
-                stats.ready_total()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        // Retries of failed waves come with the loop's wake-ups (lease renewals).
+        let (shutdown, task) =
+            run_past_a_boundary(minute_crons(200), store.clone(), Duration::from_secs(2)).await;
+        if let Err(ready) = ready_reaches(&broker, 200).await {
+            panic!("applied={applied}: only {ready} of 200 ticks fired");
         }
         // Give stray retries time to show up, then count.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -233,9 +220,7 @@ async fn pipelined_waves_that_fail_midway_fire_every_tick_once() {
             store.calls.load(std::sync::atomic::Ordering::SeqCst) > 10,
             "the failing calls were retried"
         );
-        let stats = celeriac::broker::Broker::queue_stats(&*broker, "default")
-            .await
-            .unwrap();
+        let stats = broker.queue_stats("default").await.unwrap();
         assert_eq!(
             stats.ready_total(),
             200,
