@@ -650,9 +650,9 @@ impl Beat {
             }
         }
         // Waves are pipelined: while one is in Redis (sent on its own task), the next is
-        // built here. Its outcomes are accounted for, and the lease kept alive, before the
-        // next one is sent.
-        // The first wave is small, so that Redis has work while the next, full one is built.
+        // built here and sent; then the older one's outcomes are accounted for and the lease
+        // kept alive before a third is built. The first wave is small, so that Redis has
+        // work while the next, full one is built.
         let mut in_flight: Option<InFlight> = None;
         let mut limit = self.options.wave_limit.min(FIRST_WAVE);
         loop {
@@ -783,7 +783,8 @@ impl Beat {
     /// Waits for a send started by [`Beat::start_send`] and accounts for its outcomes.
     async fn finish_send(&mut self, f: InFlight) {
         let result = f.task.await.unwrap_or_else(|e| {
-            // The store call panicked: handled like a failed call (the store dedupes).
+            // The store call panicked: a non-transient failure (the ticks are journaled as
+            // misfired, not retried).
             Err(BrokerError::Backend(format!("fire task failed: {e}")))
         });
         let fires = Arc::try_unwrap(f.fires).unwrap_or_else(|shared| (*shared).clone());
