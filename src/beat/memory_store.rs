@@ -171,10 +171,9 @@ impl BeatStore for MemoryBeatStore {
         Ok(schedules.iter().map(|n| s.armed.get(n).copied()).collect())
     }
 
-    async fn forget(&self, schedules: &[String]) -> Result<(), BrokerError> {
+    async fn disarm(&self, schedules: &[String]) -> Result<(), BrokerError> {
         let mut s = self.state.lock().expect("beat store poisoned");
         for name in schedules {
-            s.last.remove(name);
             s.armed.remove(name);
         }
         Ok(())

@@ -605,7 +605,6 @@ impl Beat {
             nominal,
             message: m,
             overlap_skip: cfg.overlap == Overlap::Skip,
-            remember: r.policy.grace + Duration::from_secs(60),
             catch_up,
         }
     }
@@ -1032,16 +1031,17 @@ impl Beat {
             // The previous configuration (and the tree it was parsed from) is gone.
             crate::memory::release_freed();
         }
-        // A removed schedule leaves no record behind: added back later, it starts afresh
-        // from then rather than catching up the ticks of the time it was absent (on this
-        // beat's next takeover, or another beat's). Likewise a new timing starts now: the
-        // next leader must not take its ticks from before the reload for missed ones. Best
-        // effort: a beat that misses this falls back to the grace window of the old record.
-        let forget: Vec<String> = removed.iter().chain(&retimed).cloned().collect();
-        if !forget.is_empty()
-            && let Err(e) = self.store.forget(&forget).await
+        // A removed schedule is disarmed: added back later, it is armed afresh and owed
+        // ticks from then only, not those of the time it was absent (on this beat's next
+        // takeover, or another beat's). Likewise a new timing is armed now: the next leader
+        // must not take its ticks from before the reload for missed ones. (The last decided
+        // tick stays: it refuses ticks decided already.) Best effort: a beat that misses
+        // this falls back to the grace window of the last decided tick.
+        let disarm: Vec<String> = removed.iter().chain(&retimed).cloned().collect();
+        if !disarm.is_empty()
+            && let Err(e) = self.store.disarm(&disarm).await
         {
-            tracing::warn!(error = %e, "cannot forget the removed or retimed schedules' records");
+            tracing::warn!(error = %e, "cannot disarm the removed or retimed schedules");
         }
         let arm: Vec<String> = added.iter().chain(&retimed).cloned().collect();
         if !arm.is_empty()

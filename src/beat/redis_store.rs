@@ -6,16 +6,15 @@
 //! - `beat:epoch`   counter, incremented by each new acquisition (fencing)
 //! - `beat:last`    HASH schedule -> `NOMINAL_MS\tQUEUE\tID\tMESSAGE_NOMINAL_MS`: its last
 //!   decided tick (fired, paused or skipped; Unix ms), then the last message it enqueued and
-//!   that message's tick. `NOMINAL_MS` alone before any message; an empty `NOMINAL_MS` once
-//!   forgotten (the message part is kept). One record, so that a fire reads and writes one
-//!   hash field for both.
-//! - `beat:armed`  HASH schedule -> when a beat first ran it (Unix ms; set if absent): a
-//!   schedule that never fired is owed its ticks after this instant
+//!   that message's tick. `NOMINAL_MS` alone before any message. One record, so that a fire
+//!   reads and writes one hash field for both; it only moves forward and is never removed
+//!   (the exactly-once guard: `lua/fire.lua`).
+//! - `beat:armed`  HASH schedule -> when a beat first ran it (Unix ms; set if absent; removed
+//!   when the schedule is removed or retimed, so that it is armed afresh): a schedule is owed
+//!   its ticks after the later of this instant and its last decided tick
 //! - `beat:paused`  SET of paused schedules
 //! - `beat:journal` STREAM of every decision, capped (approximately) at `journal_limit`
 //! - `beat:journal:NAME` STREAM of one schedule's non-routine decisions, capped exactly
-//! - `beat:fired:NOMINAL_MS` HASH schedule -> 1, PX = `remember`: "this tick fired" (one hash
-//!   per nominal instant, so that a wave of ticks sets its markers in one command)
 //!
 //! The fire script (`lua/fire.lua`, built on the broker's `enqueue_lua_lib`) touches the
 //! beat keys and each queue's keys, so it needs a single Redis node (not Cluster).
@@ -35,7 +34,6 @@ static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/
 static JOURNAL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/journal.lua")));
 static ARM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/arm.lua")));
 static RESIGN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/resign.lua")));
-static FORGET: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/forget.lua")));
 static FIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{}\n{}",
@@ -207,9 +205,8 @@ impl RedisBeatStore {
             let mut params = String::new();
             let _ = write!(
                 params,
-                "{} {} {} {} {} ",
+                "{} {} {} {} ",
                 f.nominal.timestamp_millis(),
-                f.remember.as_millis().max(1),
                 queue_index[f.message.queue.as_str()],
                 f.message.priority,
                 f.message.eta.map_or(0, |t| t.timestamp_millis().max(0)),
@@ -352,14 +349,11 @@ impl BeatStore for RedisBeatStore {
         self.instants("beat:armed", schedules).await
     }
 
-    async fn forget(&self, schedules: &[String]) -> Result<(), BrokerError> {
+    async fn disarm(&self, schedules: &[String]) -> Result<(), BrokerError> {
         for chunk in schedules.chunks(10_000) {
-            let mut inv = FORGET.prepare_invoke();
-            inv.key(self.key("beat:last")).key(self.key("beat:armed"));
-            for name in chunk {
-                inv.arg(name);
-            }
-            self.broker.invoke_script(&inv).await?;
+            self.broker
+                .command(redis::cmd("HDEL").arg(self.key("beat:armed")).arg(chunk))
+                .await?;
         }
         Ok(())
     }

@@ -42,8 +42,6 @@ pub struct Fire {
     /// `overlap: skip`: do not fire while the schedule's previous message is still queued or
     /// running.
     pub overlap_skip: bool,
-    /// How long the store remembers that this tick fired (beyond the last-fired record).
-    pub remember: Duration,
     /// A catch-up fire (journaled as such).
     pub catch_up: bool,
 }
@@ -149,11 +147,13 @@ pub trait BeatStore: Send + Sync + 'static {
     /// The instant each schedule was first armed ([`BeatStore::arm`]), `None` if never.
     async fn armed(&self, schedules: &[String]) -> Result<Vec<Option<DateTime<Utc>>>, BrokerError>;
 
-    /// Forgets the last-fired and armed records of schedules removed from the configuration,
-    /// so that adding one back later starts it afresh from then instead of catching up the
-    /// ticks of the time it was absent. (The short-lived per-tick fire keys stay: a tick
-    /// cannot fire twice either way.)
-    async fn forget(&self, schedules: &[String]) -> Result<(), BrokerError>;
+    /// Forgets when schedules were armed (removed from the configuration, or retimed), so
+    /// that arming one again ([`BeatStore::arm`]: added back later, or its new timing) owes
+    /// it the ticks after that instant only, not those of the time it was absent or of its
+    /// old timing: a catch-up starts from the later of the last decided tick and the armed
+    /// instant. The last decided tick stays: it is what refuses a tick that was decided
+    /// already, whatever the configuration has become since.
+    async fn disarm(&self, schedules: &[String]) -> Result<(), BrokerError>;
 
     /// Appends decisions to the journal (bounded).
     async fn journal(&self, entries: &[JournalEntry]) -> Result<(), BrokerError>;

@@ -507,8 +507,8 @@ impl BeatStore for Spy {
     async fn armed(&self, schedules: &[String]) -> Result<Vec<Option<DateTime<Utc>>>, BrokerError> {
         self.inner.armed(schedules).await
     }
-    async fn forget(&self, schedules: &[String]) -> Result<(), BrokerError> {
-        self.inner.forget(schedules).await
+    async fn disarm(&self, schedules: &[String]) -> Result<(), BrokerError> {
+        self.inner.disarm(schedules).await
     }
     async fn journal(&self, entries: &[JournalEntry]) -> Result<(), BrokerError> {
         self.inner.journal(entries).await
@@ -1649,15 +1649,14 @@ fn store_fire(schedule: &str, nominal: DateTime<Utc>, queue: &str, priority: u8)
             .with_priority(priority)
             .with_fire(schedule, id),
         overlap_skip: false,
-        remember: Duration::from_secs(120),
         catch_up: false,
     }
 }
 
 /// The Redis store keeps one record per schedule (`beat:last`: the last decided tick, then
 /// the last message): batches mixing queues, priorities and instants land each fire on its
-/// own queue with its own record; `forget` drops the tick part and keeps the message part;
-/// a forgotten schedule's old ticks are still refused by their markers.
+/// own queue with its own record; `disarm` (a removed or retimed schedule) drops when it was
+/// armed and keeps its record, which still refuses its old ticks.
 #[tokio::test]
 async fn beat_core_redis_store_records_last_tick_and_message_in_one_record() {
     let (_server, broker) = redis().await;
@@ -1698,6 +1697,20 @@ async fn beat_core_redis_store_records_last_tick_and_message_in_one_record() {
     assert!(msgs[4].is_none());
     assert_eq!(queued(&broker, "default").await.len(), 4);
     assert_eq!(queued(&broker, "urgent").await.len(), 1);
+    // Workers take them in the order they were fired: "a" and "b" share a run (instant, queue,
+    // priority) and so a ready score, ordered by their ids (UUID v7: creation order).
+    let ready = broker
+        .command(
+            redis::cmd("ZRANGE")
+                .arg(format!("{}{{q:default}}:ready", broker.prefix()))
+                .arg(0)
+                .arg(-1),
+        )
+        .await
+        .unwrap();
+    let ready: Vec<String> = redis::from_redis_value(ready).unwrap();
+    let fired_order: Vec<String> = [0, 1, 3, 4].map(|i| fires[i].message.id.clone()).to_vec();
+    assert_eq!(ready, fired_order);
     // The journal has one "fired" entry per fire, with its message and queue (the batch's
     // entry as the beat built it: every fire was routine).
     let fired_entries = |journal: Vec<JournalEntry>| -> BTreeSet<(String, String, String)> {
@@ -1767,12 +1780,23 @@ async fn beat_core_redis_store_records_last_tick_and_message_in_one_record() {
     );
     store.set_paused("a", false).await.unwrap();
 
-    // Forgotten: no last tick, the last message kept; the old tick is still refused (its
-    // marker), a new one fires.
-    store.forget(&names[..2]).await.unwrap();
+    // Disarmed: no armed instant any more (arming again takes the new one), the record kept;
+    // the old tick is still refused, a new one fires.
+    let since = t0 - secs(3600);
+    store.arm(&names[..2], since).await.unwrap();
+    store.arm(&names[..2], t1).await.unwrap();
+    assert_eq!(
+        store.armed(&names[..2]).await.unwrap(),
+        vec![Some(since), Some(since)],
+        "arming keeps the first instant"
+    );
+    store.disarm(&names[..2]).await.unwrap();
+    assert_eq!(store.armed(&names[..2]).await.unwrap(), vec![None, None]);
+    store.arm(&names[..1], t1).await.unwrap();
+    assert_eq!(store.armed(&names[..1]).await.unwrap(), vec![Some(t1)]);
     assert_eq!(
         store.last_fired(&names[..2]).await.unwrap(),
-        vec![None, None]
+        vec![Some(t1), Some(t0)]
     );
     let kept = store.last_messages(&names[..2]).await.unwrap();
     assert_eq!(kept[0].as_ref().unwrap().id, fires[0].message.id);

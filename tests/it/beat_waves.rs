@@ -76,8 +76,8 @@ impl BeatStore for SlowStore {
     async fn armed(&self, schedules: &[String]) -> Result<Vec<Option<DateTime<Utc>>>, BrokerError> {
         self.inner.armed(schedules).await
     }
-    async fn forget(&self, schedules: &[String]) -> Result<(), BrokerError> {
-        self.inner.forget(schedules).await
+    async fn disarm(&self, schedules: &[String]) -> Result<(), BrokerError> {
+        self.inner.disarm(schedules).await
     }
     async fn journal(&self, entries: &[JournalEntry]) -> Result<(), BrokerError> {
         self.inner.journal(entries).await

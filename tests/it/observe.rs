@@ -410,8 +410,8 @@ impl celeriac::beat::store::BeatStore for HangingStore {
     ) -> Result<Vec<Option<chrono::DateTime<chrono::Utc>>>, celeriac::broker::BrokerError> {
         self.inner.armed(schedules).await
     }
-    async fn forget(&self, schedules: &[String]) -> Result<(), celeriac::broker::BrokerError> {
-        self.inner.forget(schedules).await
+    async fn disarm(&self, schedules: &[String]) -> Result<(), celeriac::broker::BrokerError> {
+        self.inner.disarm(schedules).await
     }
     async fn journal(
         &self,

@@ -4,7 +4,7 @@
 -- KEYS[1] leader (STRING "token:epoch")
 -- KEYS[2] last (HASH schedule -> "NOMINAL_MS\tQUEUE\tID\tMESSAGE_NOMINAL_MS": the last
 --   decided tick, fired, paused or skipped, then the last message enqueued and its tick;
---   "NOMINAL_MS" alone before any message; the nominal part is empty once forgotten)
+--   "NOMINAL_MS" alone before any message)
 -- KEYS[3] paused (SET of schedules)          KEYS[4] journal (STREAM, all decisions)
 -- then 8 keys per queue used by the batch (QueueKeys::all order), queue i at 5 + 8 * i.
 -- ARGV[1] expected leader value "token:epoch"; ARGV[2] key prefix; ARGV[3] journal maxlen;
@@ -13,9 +13,8 @@
 -- may come more than once in the batch (else "0": no per-schedule bookkeeping is needed
 -- within the batch); ARGV[10] the batch's journal lines as they are when every fire of the
 -- batch is a routine fire (the common case: the script then builds no line); then the nq
--- queue names
--- (queue i's keys are the i-th group of 8 KEYS); then per run its length and its fires'
--- parameters "nominal_ms remember_ms queue_index priority eta_ms flags" (flags: "o" overlap
+-- queue names (queue i's keys are the i-th group of 8 KEYS); then per run its length and its
+-- fires' parameters "nominal_ms queue_index priority eta_ms flags" (flags: "o" overlap
 -- skip, "c" catch-up; may be empty); then 3 per fire, in run order: schedule, message id,
 -- message body. Few arguments per fire and parameters parsed once per run: each argument
 -- costs Redis a parse and an allocation twice (as a Redis string and as a Lua string), and
@@ -24,24 +23,25 @@
 -- Returns one value per fire: 1 fired, 2 already fired, 4 paused, 0 not the leader, or a
 -- string (the running message id) when skipped because of overlap.
 --
--- Exactly once per tick: a tick fires only if the schedule's last decided nominal instant is
--- older AND its marker is new. Markers are fields of one hash per nominal instant,
--- `beat:fired:NOMINAL_MS` (field = schedule, expiring after `remember`): the same check as a
--- `SET fire:SCHEDULE:NOMINAL NX` key per tick, but a wave of ticks sharing an instant costs
--- one HSET instead of one command per tick. Every tick decided sets both, and the last
--- record only moves forward, so a tick older than the record was decided: the markers are
--- read only for schedules with no record (never fired, or forgotten by a reload while a
--- beat that has not reloaded yet may still fire their old ticks).
+-- Exactly once per tick: a tick fires only if its schedule's last decided nominal instant is
+-- older. Every decided tick (fired, paused, skipped) moves the record forward in the same
+-- atomic step, and nothing moves it back or removes it (a reload that removes or retimes a
+-- schedule keeps it: lua/forget.lua), so a tick that is not newer than the record was
+-- decided, by this beat or another, whatever happened in between. This compare-and-set on
+-- one forward-only instant is the check a `SET fire:SCHEDULE:NOMINAL NX` key per tick would
+-- make, without a key per tick and without the key's expiry (after which an NX marker no
+-- longer protects its tick).
 --
 -- Cost: a wave of thousands of ticks is the common case (every minute cron due at :00).
 -- Each redis.call from Lua costs microseconds beyond the command itself, so the routine path
 -- makes none per fire: the last-record read, the message bodies and ready-queue insertions,
--- the markers, the last records and the journal are one command (or a few) per batch. The
--- Redis work per fire is what must be: one hash read (the last record), three hash writes
--- (record, marker, body) and one sorted-set insertion. Values go to Redis as the strings
--- they came as (a Lua number is formatted with printf on its way). Routine fires are journaled as ONE stream entry per batch
--- (`ticks`: one line per fire); exceptional decisions (paused, skipped, caught up) keep an
--- entry each, in the global and the schedule's own stream.
+-- the last records and the journal are one command (or a few) per batch. The Redis work per
+-- fire is what must be: one hash read (the record), two hash writes (record, body) and one
+-- sorted-set insertion. Values go to Redis as the strings they came as (a Lua number is
+-- formatted with printf on its way, so the ready scores are made once per run, not per
+-- fire). Routine fires are journaled as ONE stream entry per batch (`ticks`: one line per
+-- fire); exceptional decisions (paused, skipped, caught up) keep an entry each, in the
+-- global and the schedule's own stream.
 local F = 3
 local n = tonumber(ARGV[6])
 local nq = tonumber(ARGV[7])
@@ -66,13 +66,13 @@ end
 
 local dups = ARGV[9] == '1'
 -- The runs' parameters, parsed once per run; run g ends at fire index R_end[g].
-local R_t, R_rem, R_qi, R_pri, R_eta, R_flags, R_end = {}, {}, {}, {}, {}, {}, {}
+local R_t, R_qi, R_pri, R_eta, R_flags, R_end = {}, {}, {}, {}, {}, {}
 local a = 11 + nq
 local last_index = -1
 for g = 1, ng do
-  local t, remember, qi, p, eta, flags = string.match(ARGV[a + 1], '^(%d+) (%d+) (%d+) (%d+) (%d+) ?(%a*)$')
-  R_t[g], R_rem[g], R_qi[g], R_pri[g], R_eta[g], R_flags[g] =
-    t, tonumber(remember), tonumber(qi), tonumber(p), tonumber(eta), flags
+  local t, qi, p, eta, flags = string.match(ARGV[a + 1], '^(%d+) (%d+) (%d+) (%d+) ?(%a*)$')
+  R_t[g], R_qi[g], R_pri[g], R_eta[g], R_flags[g] =
+    t, tonumber(qi), tonumber(p), tonumber(eta), flags
   last_index = last_index + tonumber(ARGV[a])
   R_end[g] = last_index
   a = a + 2
@@ -90,47 +90,17 @@ end
 local lasts = redis.call('HMGET', KEYS[2], unpack(names))
 local any_paused = redis.call('SCARD', KEYS[3]) > 0
 
--- Fired markers of the fires with no last record: one HMGET per nominal instant.
-local by_nominal = {}   -- nominal ms text -> {fire indexes}
-local order = {}
-local g = 1
-for i = 0, n - 1 do
-  if i > R_end[g] then g = g + 1 end
-  local rec = lasts[i + 1]
-  if not rec or string.byte(rec, 1) == 9 then   -- none, or forgotten ("\t...")
-    local t = R_t[g]
-    local group = by_nominal[t]
-    if not group then
-      group = {}
-      by_nominal[t] = group
-      order[#order + 1] = t
-    end
-    group[#group + 1] = i
-  end
-end
-local marked = {}       -- fire index -> true when its marker exists
-for _, t in ipairs(order) do
-  local g = by_nominal[t]
-  local fields = {}
-  for j, i in ipairs(g) do fields[j] = names[i + 1] end
-  local got = redis.call('HMGET', prefix .. 'beat:fired:' .. t, unpack(fields))
-  for j, i in ipairs(g) do
-    if got[j] then marked[i] = true end
-  end
-end
-local new_marks = {}    -- nominal ms text -> {schedule, 1, ...}
-local mark_len = {}     -- nominal ms text -> #new_marks[t] (no `#` per fire)
-local mark_ttl = {}     -- nominal ms text -> longest remember ms
-
 -- Batched writes.
 -- The batch's routine journal entry: its fires' indexes and queues (lines are built only when
 -- some fire of the batch was not routine; else the beat's ARGV[10] is the entry).
 local fired_i, fired_q, nf = {}, {}, 0
 local last_args, nl = {}, 0     -- HSET KEYS[2]: schedule, record (in fire order: the last wins)
-local ready = {}                -- per queue index: {priority, id, ...} in fire order
-local bodies = {}               -- per queue index: HSET msg args (same length as ready)
-local nready = {}               -- per queue index: #ready[qi]
-local qkeys = {}                -- per queue index: its keys
+-- Per queue index: {score, id, ...} for ZADD and {id, body, ...} for HSET (same length), the
+-- length, the queue's keys, and the first of the sequence numbers this batch takes (one per
+-- run: the fires of a run share their nominal instant and priority, so they share a ready
+-- score; Redis orders equal scores by message id).
+local ready, bodies, nready, qkeys, seq0 = {}, {}, {}, {}, {}
+local score_g, score = 0, nil   -- the ready score of run score_g
 -- Within one batch a schedule may come twice (catch-up `all`): the newest record wins.
 local recs = {}                 -- schedule -> its record as this batch left it
 -- Ids of the messages of `overlap: skip` schedules this batch enqueues: their bodies are
@@ -138,7 +108,7 @@ local recs = {}                 -- schedule -> its record as this batch left it
 -- batch looks here.
 local enqueued = {}
 
-g = 1
+local g = 1
 for i = 0, n - 1 do
   if i > R_end[g] then g = g + 1 end
   local b = B + i * F
@@ -146,10 +116,11 @@ for i = 0, n - 1 do
   local nominal_ms, flags = R_t[g], R_flags[g]
   local rec = lasts[i + 1]
   if dups then rec = recs[schedule] or rec end
-  -- The record's nominal part: up to its first tab (a forgotten one is empty).
+  -- The record's nominal part: up to its first tab (empty in records forgotten by earlier
+  -- versions, which read as no record).
   local tab = rec and string.find(rec, '\t', 1, true)
   local last = rec and (tab and string.sub(rec, 1, tab - 1) or rec)
-  if (last and last ~= '' and not older(last, nominal_ms)) or marked[i] then
+  if last and last ~= '' and not older(last, nominal_ms) then
     out[i + 1] = 2
   else
     local decided = nil
@@ -190,9 +161,19 @@ for i = 0, n - 1 do
         else
           -- No meta for a fresh ready message: the reserve script reads a missing meta as
           -- "attempt 0, not reserved" at the priority of its ready score (enqueue_lib.lua).
+          if score_g ~= g then
+            local s0 = seq0[qi]
+            if not s0 then
+              s0 = redis.call('INCRBY', k.seq, ng) - ng
+              seq0[qi] = s0
+            end
+            -- Integer text: a Lua number would go as %.17g, several times the cost.
+            score = string.format('%d', (9 - priority) * CELERIAC_BAND + s0 + g)
+            score_g = g
+          end
           local r, bs = ready[qi], bodies[qi]
           local c = nready[qi]
-          r[c + 1] = priority
+          r[c + 1] = score
           r[c + 2] = id
           bs[c + 1] = id
           bs[c + 2] = ARGV[b + 2]
@@ -210,16 +191,6 @@ for i = 0, n - 1 do
         out[i + 1] = 1
       end
     end
-    local m = new_marks[nominal_ms]
-    if not m then
-      m = {}
-      new_marks[nominal_ms], mark_len[nominal_ms], mark_ttl[nominal_ms] = m, 0, 0
-    end
-    local c = mark_len[nominal_ms]
-    m[c + 1] = schedule
-    m[c + 2] = '1'
-    mark_len[nominal_ms] = c + 2
-    if R_rem[g] > mark_ttl[nominal_ms] then mark_ttl[nominal_ms] = R_rem[g] end
     if dups then recs[schedule] = decided end
     nl = nl + 2
     last_args[nl - 1] = schedule
@@ -227,31 +198,15 @@ for i = 0, n - 1 do
   end
 end
 
--- The batched writes: sequence numbers in fire order (FIFO within a priority), one HSET of
--- bodies and one ZADD per queue, one wake-up signal per queue. Scores go as integer text
--- (a Lua number would be formatted as %.17g, several times the cost).
+-- The batched writes: one HSET of bodies and one ZADD per queue, one wake-up signal per
+-- queue; then the records.
 for qi, r in pairs(ready) do
-  local nr = nready[qi]
-  if nr > 0 then
+  if nready[qi] > 0 then
     local k = qkeys[qi]
-    local count = nr / 2
-    local seq = redis.call('INCRBY', k.seq, count) - count
-    local zargs = {}
-    local format = string.format
-    for j = 1, nr, 2 do
-      seq = seq + 1
-      zargs[j] = format('%d', (9 - r[j]) * CELERIAC_BAND + seq)
-      zargs[j + 1] = r[j + 1]
-    end
     redis.call('HSET', k.msg, unpack(bodies[qi]))
-    redis.call('ZADD', k.ready, unpack(zargs))
+    redis.call('ZADD', k.ready, unpack(r))
     celeriac_signal(k)
   end
-end
-for t, m in pairs(new_marks) do
-  local key = prefix .. 'beat:fired:' .. t
-  redis.call('HSET', key, unpack(m))
-  if redis.call('PTTL', key) < mark_ttl[t] then redis.call('PEXPIRE', key, mark_ttl[t]) end
 end
 if nl > 0 then redis.call('HSET', KEYS[2], unpack(last_args)) end
 -- The journal keeps about `jmax` decisions: a batch entry of k fires counts k. Its lines are
