@@ -895,10 +895,16 @@ impl Beat {
                 }
             }
             Err(e) if e.is_transient() => {
-                // Ambiguous: some may have fired. Retrying is safe: the store dedupes.
+                // Ambiguous: some may have fired. Retrying is safe: the store dedupes the
+                // ticks. Their messages go again under new ids (a store must never see a
+                // message id twice: `BeatStore::fire`).
                 self.broker_failed(&e);
                 if current {
-                    self.pending.extend(fires);
+                    let signing = self.options.signing.as_deref();
+                    self.pending.extend(fires.into_iter().map(|mut f| {
+                        f.renew_id(signing);
+                        f
+                    }));
                 }
             }
             Err(e) => {

@@ -34,13 +34,9 @@ static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/
 static JOURNAL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/journal.lua")));
 static ARM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/arm.lua")));
 static RESIGN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/resign.lua")));
-static FIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "{}\n{}",
-        enqueue_lua_lib(),
-        include_str!("lua/fire.lua")
-    ))
-});
+/// The fire script's source (sent with EVAL: see `fire_chunk`).
+static FIRE_SOURCE: LazyLock<String> =
+    LazyLock::new(|| format!("{}\n{}", enqueue_lua_lib(), include_str!("lua/fire.lua")));
 
 /// Most fires sent in one script call (bounds how long Redis is busy with one call).
 pub const FIRE_CHUNK: usize = 500;
@@ -188,14 +184,31 @@ impl RedisBeatStore {
                 queues.push(q);
             }
         }
-        let mut inv = FIRE.prepare_invoke();
-        inv.key(self.key("beat:leader"))
-            .key(self.key("beat:last"))
-            .key(self.key("beat:paused"))
-            .key(self.key("beat:journal"));
+        // One transaction: the messages' bodies (one HSET per queue, plain Redis arguments,
+        // cheaper than passing them through Lua), then the fire script, which decides each
+        // tick and deletes the bodies of the ticks that do not fire. MULTI makes it
+        // all-or-nothing for anyone watching (and a connection lost before EXEC runs
+        // nothing); EVAL with the source, not EVALSHA, because a NOSCRIPT inside a
+        // transaction would come after the bodies were written.
+        let mut pipe = redis::pipe();
+        pipe.atomic();
         for q in &queues {
-            let keys = self.broker.queue_keys(q);
-            inv.key(&keys.all()[..]);
+            let hset = pipe.cmd("HSET").arg(self.broker.queue_keys(q).msg);
+            for f in fires.iter().filter(|f| f.message.queue == *q) {
+                hset.arg(&f.message.id).arg(f.message.to_json());
+            }
+            hset.ignore();
+        }
+        let eval = pipe
+            .cmd("EVAL")
+            .arg(FIRE_SOURCE.as_str())
+            .arg(4 + 8 * queues.len())
+            .arg(self.key("beat:leader"))
+            .arg(self.key("beat:last"))
+            .arg(self.key("beat:paused"))
+            .arg(self.key("beat:journal"));
+        for q in &queues {
+            eval.arg(&self.broker.queue_keys(q).all()[..]);
         }
         // Runs of consecutive fires with the same parameters (a wave of minute crons is one):
         // the script parses each run's parameters once.
@@ -222,7 +235,7 @@ impl RedisBeatStore {
                 _ => runs.push((1, params)),
             }
         }
-        inv.arg(format!("{}:{}", leader.token, leader.epoch))
+        eval.arg(format!("{}:{}", leader.token, leader.epoch))
             .arg(self.broker.prefix())
             .arg(self.journal_limit)
             .arg(self.schedule_journal_limit)
@@ -233,17 +246,16 @@ impl RedisBeatStore {
             .arg(if repeats_a_schedule(fires) { "1" } else { "0" })
             .arg(routine_journal_lines(fires));
         for q in &queues {
-            inv.arg(*q);
+            eval.arg(*q);
         }
         for (len, params) in &runs {
-            inv.arg(*len).arg(params.as_str());
+            eval.arg(*len).arg(params.as_str());
         }
         for f in fires {
-            inv.arg(&f.schedule)
-                .arg(&f.message.id)
-                .arg(f.message.to_json());
+            eval.arg(&f.schedule).arg(&f.message.id);
         }
-        let reply = self.broker.invoke_script(&inv).await?;
+        let mut replies: Vec<Value> = self.broker.pipeline(&pipe).await?;
+        let reply = replies.pop().unwrap_or(Value::Nil);
         let rows = items(&reply);
         if rows.len() != fires.len() {
             return Err(BrokerError::Backend(format!(

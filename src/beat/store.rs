@@ -46,6 +46,17 @@ pub struct Fire {
     pub catch_up: bool,
 }
 
+impl Fire {
+    /// Gives the fire's message a new id (signing it again with `signing`, the key that
+    /// signed it), for sending it again: see [`BeatStore::fire`].
+    pub fn renew_id(&mut self, signing: Option<&crate::signing::SigningKey>) {
+        self.message.id = crate::broker::TaskMessage::new_id();
+        if let Some(key) = signing {
+            key.sign(&mut self.message);
+        }
+    }
+}
+
 /// What happened to one [`Fire`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FireOutcome {
@@ -118,9 +129,15 @@ pub trait BeatStore: Send + Sync + 'static {
     async fn resign(&self, token: &str) -> Result<(), BrokerError>;
 
     /// Fires ticks. Each one, atomically: still the leader under this token and epoch? ->
-    /// not fired before (the schedule's last fired tick is older, and the fire key is new) ->
-    /// not paused -> no overlap (if asked) -> enqueue -> record as the schedule's last fired
-    /// tick and journal it. Outcomes are in the order of `fires`.
+    /// not decided before (the schedule's last decided tick is older) -> not paused -> no
+    /// overlap (if asked) -> enqueue -> record as the schedule's last decided tick and
+    /// journal it. Outcomes are in the order of `fires`.
+    ///
+    /// Every message id must be new to the store: a fire sent again (after an ambiguous
+    /// error: it may have been enqueued) is sent with a new id ([`Fire::renew_id`]). The
+    /// Redis store writes the bodies before it knows which ticks fire and deletes those of
+    /// the ticks that do not: under a reused id, that would be the body of the message
+    /// enqueued the first time.
     async fn fire(
         &self,
         leader: &LeaderToken,

@@ -64,11 +64,16 @@ fn default_priority() -> u8 {
 }
 
 impl TaskMessage {
+    /// A fresh message id: a UUID v7, so ids made later in a process sort later.
+    pub fn new_id() -> String {
+        uuid::Uuid::now_v7().to_string()
+    }
+
     /// A new message for `task` on `queue`, with a fresh UUID v7 id, default priority, no
     /// arguments and `enqueued_at = now`.
     pub fn new(task: impl Into<String>, queue: impl Into<String>) -> Self {
         TaskMessage {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: Self::new_id(),
             task: task.into(),
             queue: queue.into(),
             priority: DEFAULT_PRIORITY,

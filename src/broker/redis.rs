@@ -174,6 +174,16 @@ impl RedisBroker {
             .map_err(|e| self.link.fail(c.generation, e))
     }
 
+    /// Runs a pipeline (or, `atomic`, a MULTI/EXEC transaction) on the broker's shared
+    /// connection; the replies of the commands not ignored.
+    pub async fn pipeline<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T> {
+        let c = self.link.get().await?;
+        let mut conn = c.conn;
+        pipe.query_async(&mut conn)
+            .await
+            .map_err(|e| self.link.fail(c.generation, e))
+    }
+
     /// Runs one (non-blocking) command on the broker's shared connection.
     pub async fn command(&self, cmd: &redis::Cmd) -> Result<Value> {
         self.query(cmd).await

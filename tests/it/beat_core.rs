@@ -1732,9 +1732,33 @@ async fn beat_core_redis_store_records_last_tick_and_message_in_one_record() {
         .collect();
     let journal = store.read_journal(None, 100).await.unwrap();
     assert_eq!(fired_entries(journal), expected);
-    // Again: every tick was decided already.
-    let again = store.fire(&leader, &fires).await.unwrap();
+    // Again (under new message ids, as the beat retries): every tick was decided already,
+    // and the bodies written for the refused messages are gone again.
+    let mut retried = fires.clone();
+    retried.iter_mut().for_each(|f| f.renew_id(None));
+    let again = store.fire(&leader, &retried).await.unwrap();
     assert_eq!(again, vec![FireOutcome::AlreadyFired; 5]);
+    assert_eq!(queued(&broker, "default").await.len(), 4);
+    assert_eq!(queued(&broker, "urgent").await.len(), 1);
+    // Not the leader (a stale epoch): nothing fires, no body stays.
+    let stale = LeaderToken {
+        token: "tok".into(),
+        epoch: epoch + 1,
+    };
+    let t9 = t0 + secs(3600);
+    let refused = store
+        .fire(
+            &stale,
+            &[
+                store_fire("a", t9, "default", 5),
+                store_fire("z", t9, "urgent", 9),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused, vec![FireOutcome::NotLeader; 2]);
+    assert_eq!(queued(&broker, "default").await.len(), 4);
+    assert_eq!(queued(&broker, "urgent").await.len(), 1);
     // A batch where only some fire: the script writes the lines of those (not the beat's).
     let mixed = vec![
         store_fire("a", t0, "default", 5),
@@ -1767,6 +1791,11 @@ async fn beat_core_redis_store_records_last_tick_and_message_in_one_record() {
         .await
         .unwrap();
     assert_eq!(paused, vec![FireOutcome::Paused]);
+    assert_eq!(
+        queued(&broker, "default").await.len(),
+        4,
+        "no body for a paused tick"
+    );
     assert_eq!(store.last_fired(&names[..1]).await.unwrap(), vec![Some(t1)]);
     let a = store
         .last_messages(&names[..1])

@@ -226,6 +226,33 @@ async fn pipelined_waves_that_fail_midway_fire_every_tick_once() {
             200,
             "applied={applied}: a tick fired twice"
         );
+        // Every ready message has its body, and no body is left without its message (the
+        // retries went under new ids, so deleting the refused ones' bodies lost nothing).
+        let ready: Vec<String> = redis::from_redis_value(
+            broker
+                .command(
+                    redis::cmd("ZRANGE")
+                        .arg(format!("{}{{q:default}}:ready", broker.prefix()))
+                        .arg(0)
+                        .arg(-1),
+                )
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        let bodies: Vec<String> = redis::from_redis_value(
+            broker
+                .command(redis::cmd("HKEYS").arg(format!("{}{{q:default}}:msg", broker.prefix())))
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        let ready: std::collections::BTreeSet<String> = ready.into_iter().collect();
+        let bodies: std::collections::BTreeSet<String> = bodies.into_iter().collect();
+        assert_eq!(
+            ready, bodies,
+            "applied={applied}: bodies and ready messages differ"
+        );
         let journal = store.read_journal(None, 10_000).await.unwrap();
         let fired: std::collections::BTreeSet<_> = journal
             .iter()

@@ -1,6 +1,12 @@
 -- fire: fire a batch of ticks, each atomically and exactly once.
 -- (Concatenated after the broker's enqueue_lib.lua.)
 --
+-- Runs in a MULTI after one HSET per queue of the batch's message bodies (plain arguments
+-- cost Redis less than arguments that go through Lua both ways): the script enqueues the
+-- bodies of the ticks that fire and deletes those of the ticks that do not. The caller gives
+-- every message a new id each time it sends it (a body written under a reused id could be
+-- the body of that id's earlier, enqueued message, and deleting it would lose it).
+--
 -- KEYS[1] leader (STRING "token:epoch")
 -- KEYS[2] last (HASH schedule -> "NOMINAL_MS\tQUEUE\tID\tMESSAGE_NOMINAL_MS": the last
 --   decided tick, fired, paused or skipped, then the last message enqueued and its tick;
@@ -15,8 +21,8 @@
 -- batch is a routine fire (the common case: the script then builds no line); then the nq
 -- queue names (queue i's keys are the i-th group of 8 KEYS); then per run its length and its
 -- fires' parameters "nominal_ms queue_index priority eta_ms flags" (flags: "o" overlap
--- skip, "c" catch-up; may be empty); then 3 per fire, in run order: schedule, message id,
--- message body. Few arguments per fire and parameters parsed once per run: each argument
+-- skip, "c" catch-up; may be empty); then 2 per fire, in run order: schedule, message id.
+-- Few arguments per fire and parameters parsed once per run: each argument
 -- costs Redis a parse and an allocation twice (as a Redis string and as a Lua string), and
 -- each `tonumber` a strtod (a wave of 100,000 minute crons is one run).
 -- Journal entries written here carry the nominal instant in Unix ms (the reader formats it).
@@ -34,23 +40,19 @@
 --
 -- Cost: a wave of thousands of ticks is the common case (every minute cron due at :00).
 -- Each redis.call from Lua costs microseconds beyond the command itself, so the routine path
--- makes none per fire: the last-record read, the message bodies and ready-queue insertions,
--- the last records and the journal are one command (or a few) per batch. The Redis work per
--- fire is what must be: one hash read (the record), two hash writes (record, body) and one
--- sorted-set insertion. Values go to Redis as the strings they came as (a Lua number is
+-- makes none per fire: the last-record read, the ready-queue insertions, the last records
+-- and the journal are one command (or a few) per batch. The Redis work per fire is what must
+-- be: one hash read (the record), two hash writes (record, body; the body outside Lua) and
+-- one sorted-set insertion. Values go to Redis as the strings they came as (a Lua number is
 -- formatted with printf on its way, so the ready scores are made once per run, not per
 -- fire). Routine fires are journaled as ONE stream entry per batch (`ticks`: one line per
 -- fire); exceptional decisions (paused, skipped, caught up) keep an entry each, in the
 -- global and the schedule's own stream.
-local F = 3
+local F = 2
 local n = tonumber(ARGV[6])
 local nq = tonumber(ARGV[7])
 local ng = tonumber(ARGV[8])
 local out = {}
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  for i = 1, n do out[i] = 0 end
-  return out
-end
 local prefix = ARGV[2]
 local jmax = ARGV[3]
 local smax = ARGV[4]
@@ -78,6 +80,36 @@ for g = 1, ng do
   a = a + 2
 end
 local B = a               -- first argument of the first fire
+
+-- The bodies of the ticks that do not fire, per queue index: {id, ...}.
+local unused, nunused = {}, {}
+local function unuse(qi, id)
+  local u = unused[qi]
+  if not u then
+    u = {}
+    unused[qi], nunused[qi] = u, 0
+  end
+  local c = nunused[qi] + 1
+  u[c] = id
+  nunused[qi] = c
+end
+local function delete_unused()
+  for qi, u in pairs(unused) do
+    redis.call('HDEL', KEYS[5 + qi * 8 + 3], unpack(u))   -- the queue's msg key
+  end
+end
+
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  local g = 1
+  for i = 0, n - 1 do
+    if i > R_end[g] then g = g + 1 end
+    unuse(R_qi[g], ARGV[B + i * F + 1])
+    out[i + 1] = 0
+  end
+  delete_unused()
+  return out
+end
+
 local names = {}
 for j = 0, n - 1 do names[j + 1] = ARGV[B + j * F] end
 
@@ -95,18 +127,14 @@ local any_paused = redis.call('SCARD', KEYS[3]) > 0
 -- some fire of the batch was not routine; else the beat's ARGV[10] is the entry).
 local fired_i, fired_q, nf = {}, {}, 0
 local last_args, nl = {}, 0     -- HSET KEYS[2]: schedule, record (in fire order: the last wins)
--- Per queue index: {score, id, ...} for ZADD and {id, body, ...} for HSET (same length), the
--- length, the queue's keys, and the first of the sequence numbers this batch takes (one per
--- run: the fires of a run share their nominal instant and priority, so they share a ready
--- score; Redis orders equal scores by message id).
-local ready, bodies, nready, qkeys, seq0 = {}, {}, {}, {}, {}
+-- Per queue index: {score, id, ...} for ZADD, its length, the queue's keys, and the first of
+-- the sequence numbers this batch takes (one per run: the fires of a run share their nominal
+-- instant and priority, so they share a ready score; Redis orders equal scores by message
+-- id, and the ids are UUID v7, in the order the beat made them).
+local ready, nready, qkeys, seq0 = {}, {}, {}, {}
 local score_g, score = 0, nil   -- the ready score of run score_g
 -- Within one batch a schedule may come twice (catch-up `all`): the newest record wins.
 local recs = {}                 -- schedule -> its record as this batch left it
--- Ids of the messages of `overlap: skip` schedules this batch enqueues: their bodies are
--- written at the end, so the overlap check of a later fire of the same schedule in this
--- batch looks here.
-local enqueued = {}
 
 local g = 1
 for i = 0, n - 1 do
@@ -120,22 +148,25 @@ for i = 0, n - 1 do
   -- versions, which read as no record).
   local tab = rec and string.find(rec, '\t', 1, true)
   local last = rec and (tab and string.sub(rec, 1, tab - 1) or rec)
+  local id = ARGV[b + 1]
+  local qi = R_qi[g]
   if last and last ~= '' and not older(last, nominal_ms) then
     out[i + 1] = 2
+    unuse(qi, id)
   else
     local decided = nil
     if any_paused and redis.call('SISMEMBER', KEYS[3], schedule) == 1 then
       journal(schedule, 'paused', nominal_ms, 'schedule is paused')
       out[i + 1] = 4
+      unuse(qi, id)
       decided = nominal_ms .. (tab and string.sub(rec, tab) or '')
     else
-      local id = ARGV[b + 1]
-      local qi = R_qi[g]
       local qname = ARGV[11 + qi]
       local running = nil
       if flags ~= '' and string.find(flags, 'o', 1, true) and tab then
+        -- (A message enqueued earlier in this batch has its body written already.)
         local q, rid = string.match(rec, '^%d*\t(.-)\t(.-)\t')
-        if q and (enqueued[rid] or redis.call('HEXISTS', prefix .. '{q:' .. q .. '}:msg', rid) == 1) then
+        if q and redis.call('HEXISTS', prefix .. '{q:' .. q .. '}:msg', rid) == 1 then
           running = rid
         end
       end
@@ -143,6 +174,7 @@ for i = 0, n - 1 do
         journal(schedule, 'skipped_overlap', nominal_ms,
           'previous run ' .. running .. ' still queued or running')
         out[i + 1] = running
+        unuse(qi, id)
         decided = nominal_ms .. string.sub(rec, tab)
       else
         -- Message ids are fresh UUIDs and a tick passes the checks above once: no message
@@ -151,11 +183,10 @@ for i = 0, n - 1 do
         if not k then
           k = celeriac_keys(5 + qi * 8)
           qkeys[qi] = k
-          ready[qi], bodies[qi], nready[qi] = {}, {}, 0
+          ready[qi], nready[qi] = {}, 0
         end
         local priority = R_pri[g]
         if R_eta[g] > now then
-          redis.call('HSET', k.msg, id, ARGV[b + 2])
           redis.call('HSET', k.meta, id, celeriac_meta(priority, 0, 0))
           redis.call('ZADD', k.delayed, R_eta[g], id)
         else
@@ -171,15 +202,12 @@ for i = 0, n - 1 do
             score = string.format('%d', (9 - priority) * CELERIAC_BAND + s0 + g)
             score_g = g
           end
-          local r, bs = ready[qi], bodies[qi]
+          local r = ready[qi]
           local c = nready[qi]
           r[c + 1] = score
           r[c + 2] = id
-          bs[c + 1] = id
-          bs[c + 2] = ARGV[b + 2]
           nready[qi] = c + 2
         end
-        if flags ~= '' then enqueued[id] = true end
         decided = nominal_ms .. '\t' .. qname .. '\t' .. id .. '\t' .. nominal_ms
         if flags ~= '' and string.find(flags, 'c', 1, true) then
           journal(schedule, 'caught_up', nominal_ms, 'message ' .. id .. ' on ' .. qname)
@@ -198,16 +226,16 @@ for i = 0, n - 1 do
   end
 end
 
--- The batched writes: one HSET of bodies and one ZADD per queue, one wake-up signal per
--- queue; then the records.
+-- The batched writes: one ZADD and one wake-up signal per queue, the unused bodies' removal,
+-- the records.
 for qi, r in pairs(ready) do
   if nready[qi] > 0 then
     local k = qkeys[qi]
-    redis.call('HSET', k.msg, unpack(bodies[qi]))
     redis.call('ZADD', k.ready, unpack(r))
     celeriac_signal(k)
   end
 end
+delete_unused()
 if nl > 0 then redis.call('HSET', KEYS[2], unpack(last_args)) end
 -- The journal keeps about `jmax` decisions: a batch entry of k fires counts k. Its lines are
 -- "schedule\tqueue\tid\tnominal_ms".
