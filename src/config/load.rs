@@ -42,7 +42,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             Err(error) => errors.push(error),
         }
     }
-    validate::build(&sources, errors)
+    validate::build(sources, errors)
 }
 
 type ParseResult = Result<(SourceFile, Vec<ConfigError>), ConfigError>;
@@ -94,8 +94,8 @@ pub fn load_str(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     let file: Arc<Path> = Arc::from(path);
     let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
     let parsed = yaml::parse(text, &file);
-    let sources = [SourceFile::new(file, text.to_string(), parsed.root)];
-    validate::build(&sources, parsed.errors)
+    let sources = vec![SourceFile::new(file, text.to_string(), parsed.root)];
+    validate::build(sources, parsed.errors)
 }
 
 /// Whether a directory entry with this name is a configuration file.

@@ -124,17 +124,42 @@ const PARALLEL_SCHEDULES_MIN: usize = 2_000;
 /// Validates parsed files (in load order) into a configuration. `errors` are the problems
 /// found while reading and parsing; they are reported together with the rest.
 pub(crate) fn build(
-    files: &[SourceFile],
+    mut files: Vec<SourceFile>,
     errors: Vec<ConfigError>,
 ) -> Result<Config, ConfigErrors> {
-    let mut checker = Checker::new(files, errors);
+    // The `schedules` sections leave the trees: they are consumed, each schedule's nodes
+    // dropped as soon as it is built, so that a configuration of 100,000s of schedules never
+    // holds their whole tree and the built schedules at once (which was the peak of memory
+    // of a beat's whole life).
+    let schedules: Vec<Node> = files
+        .iter_mut()
+        .filter_map(|f| take_schedules(f.root.as_mut()?))
+        .collect();
+    let mut checker = Checker::new(&files, errors);
     let merged = checker.merge();
-    let config = checker.config(&merged);
+    let config = checker.config(&merged, schedules);
     if checker.errors.is_empty() {
         Ok(config)
     } else {
         Err(ConfigErrors::new(checker.errors))
     }
+}
+
+/// Takes the value of the top-level `schedules` key out of a file's tree when it is a
+/// mapping (anything else stays, for the merge to report), leaving `null` in its place.
+fn take_schedules(root: &mut Node) -> Option<Node> {
+    let NodeValue::Map(entries) = &mut root.value else {
+        return None;
+    };
+    let (_, value) = entries.iter_mut().find(|(k, v)| {
+        matches!(&k.value, NodeValue::Str(s) if s == "schedules")
+            && matches!(v.value, NodeValue::Map(_))
+    })?;
+    let null = Node {
+        value: NodeValue::Null,
+        loc: value.loc.clone(),
+    };
+    Some(std::mem::replace(value, null))
 }
 
 /// A top-level setting: its key and value.
@@ -160,7 +185,6 @@ struct Merged<'a> {
     signing_key_file: Option<Setting<'a>>,
     queues: Vec<Named<'a>>,
     tasks: Vec<Named<'a>>,
-    schedules: Vec<Named<'a>>,
 }
 
 /// The checked entries of a mapping of settings.
@@ -192,7 +216,7 @@ struct Checker<'a> {
     errors: Vec<ConfigError>,
     /// Parsed cron expressions by text: large configurations repeat a few expressions
     /// many times, and parsing is the most expensive part of validation.
-    crons: HashMap<&'a str, Result<CronExpr, CronError>>,
+    crons: HashMap<String, Result<CronExpr, CronError>>,
 }
 
 impl<'a> Checker<'a> {
@@ -256,7 +280,9 @@ impl<'a> Checker<'a> {
                         continue;
                     }
                     "schedules" => {
-                        self.merge_section(value, "schedule", &mut merged.schedules, &mut seen[2]);
+                        // Taken out of the tree before (`take_schedules`) when a mapping:
+                        // what is left here is `null` or the wrong type, reported.
+                        self.merge_section(value, "schedule", &mut Vec::new(), &mut seen[2]);
                         continue;
                     }
                     _ => {
@@ -299,35 +325,48 @@ impl<'a> Checker<'a> {
         };
         items.reserve(entries.len());
         for (key, value) in entries {
-            let name = match &key.value {
-                NodeValue::Str(s) => s.clone(),
-                NodeValue::Int(i) => i.to_string(),
-                other => {
-                    self.error(
-                        &key.loc,
-                        format!("expected a {what} name, found {}", other.kind()),
-                    );
-                    continue;
-                }
-            };
-            if let Err(message) = check_name(&name) {
-                self.error(&key.loc, format!("invalid {what} name `{name}`: {message}"));
-                continue;
+            if let Some(name) = self.item_name(key, what, seen) {
+                items.push(Named { name, key, value });
             }
-            if let Some(first_loc) = seen.get(&name) {
-                let first_loc = first_loc.clone();
-                self.errors.push(
-                    ConfigError::at(
-                        &key.loc,
-                        format!("{what} `{name}` is already defined at {first_loc}"),
-                    )
-                    .with_related(&first_loc),
-                );
-                continue;
-            }
-            seen.insert(name.clone(), key.loc.clone());
-            items.push(Named { name, key, value });
         }
+    }
+
+    /// The name of an item of a section (`what`: queue, task, schedule) from its key, if
+    /// valid and not `seen` before (recorded there).
+    fn item_name(
+        &mut self,
+        key: &Node,
+        what: &str,
+        seen: &mut HashMap<String, Location>,
+    ) -> Option<String> {
+        let name = match &key.value {
+            NodeValue::Str(s) => s.clone(),
+            NodeValue::Int(i) => i.to_string(),
+            other => {
+                self.error(
+                    &key.loc,
+                    format!("expected a {what} name, found {}", other.kind()),
+                );
+                return None;
+            }
+        };
+        if let Err(message) = check_name(&name) {
+            self.error(&key.loc, format!("invalid {what} name `{name}`: {message}"));
+            return None;
+        }
+        if let Some(first_loc) = seen.get(&name) {
+            let first_loc = first_loc.clone();
+            self.errors.push(
+                ConfigError::at(
+                    &key.loc,
+                    format!("{what} `{name}` is already defined at {first_loc}"),
+                )
+                .with_related(&first_loc),
+            );
+            return None;
+        }
+        seen.insert(name.clone(), key.loc.clone());
+        Some(name)
     }
 
     // ----- generic checks ------------------------------------------------------------
@@ -369,13 +408,13 @@ impl<'a> Checker<'a> {
     /// The entries of a mapping of settings, with unknown keys reported. `null` is an empty
     /// mapping. `what` describes the expected mapping for the wrong-type message, `context`
     /// the place for the unknown-key message (`in task `x``).
-    fn fields(
+    fn fields<'n>(
         &mut self,
-        node: &'a Node,
+        node: &'n Node,
         allowed: &[&'static str],
         what: &str,
         context: &str,
-    ) -> Option<Fields<'a>> {
+    ) -> Option<Fields<'n>> {
         let entries = match &node.value {
             NodeValue::Null => return Some(Fields::empty()),
             NodeValue::Map(entries) => entries,
@@ -575,7 +614,7 @@ impl<'a> Checker<'a> {
 
     // ----- the configuration ---------------------------------------------------------
 
-    fn config(&mut self, merged: &Merged<'a>) -> Config {
+    fn config(&mut self, merged: &Merged<'a>, schedules: Vec<Node>) -> Config {
         let mut config = Config {
             sources: self.files.iter().map(|f| f.path.to_path_buf()).collect(),
             ..Config::default()
@@ -660,45 +699,90 @@ impl<'a> Checker<'a> {
             placeholders: &placeholders,
             timezone: config.timezone,
         };
-        config.schedules = self.schedules(&merged.schedules, &names);
+        config.schedules = self.schedules(schedules, &names);
         config
     }
 
-    /// Validates schedules; a large number of them is split over several threads (each
-    /// schedule is checked on its own, so only the errors need merging). Each schedule is
-    /// put behind its `Arc` where it is built: a map of 100,000 schedules by value would be
-    /// a second copy of all of them at the peak of loading.
+    /// Validates the `schedules` sections (taken out of the trees, in file order), consuming
+    /// them: each schedule's nodes are dropped once it is built. Names are checked first, in
+    /// order (the first definition wins); then a large number of schedules is built by
+    /// several threads, taking batches from one iterator over the entries (each schedule is
+    /// checked on its own, so only the errors need merging). Each schedule is put behind its
+    /// `Arc` where it is built: a map of 100,000 schedules by value would be a second copy
+    /// of all of them.
     fn schedules(
         &mut self,
-        all: &[Named<'a>],
+        sections: Vec<Node>,
         names: &Names<'_>,
     ) -> BTreeMap<String, Arc<ScheduleConfig>> {
+        let sections: Vec<Vec<(Node, Node)>> = sections
+            .into_iter()
+            .filter_map(|section| match section.value {
+                NodeValue::Map(entries) => Some(entries),
+                _ => None,
+            })
+            .collect();
+        let total: usize = sections.iter().map(Vec::len).sum();
+        let mut item_names: Vec<Option<String>> = Vec::with_capacity(total);
+        {
+            let mut seen = HashMap::with_capacity(total);
+            for (key, _) in sections.iter().flatten() {
+                item_names.push(self.item_name(key, "schedule", &mut seen));
+            }
+        }
+        let entries = sections
+            .into_iter()
+            .flatten()
+            .zip(item_names)
+            .filter_map(|((key, value), name)| Some((name?, key, value)));
         let workers = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
-            .min(all.len() / PARALLEL_SCHEDULES_MIN)
+            .min(total / PARALLEL_SCHEDULES_MIN)
             .max(1);
         if workers == 1 {
-            return all
-                .iter()
-                .filter_map(|named| {
-                    Some((named.name.clone(), Arc::new(self.schedule(named, names)?)))
-                })
-                .collect();
+            let mut schedules = BTreeMap::new();
+            for (name, key, value) in entries {
+                let named = Named {
+                    name,
+                    key: &key,
+                    value: &value,
+                };
+                if let Some(schedule) = self.schedule(&named, names) {
+                    schedules.insert(named.name, Arc::new(schedule));
+                }
+            }
+            return schedules;
         }
         let files = self.files;
+        let entries = std::sync::Mutex::new(entries);
         let results = std::thread::scope(|scope| {
-            let handles: Vec<_> = all
-                .chunks(all.len().div_ceil(workers))
-                .map(|chunk| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    let entries = &entries;
                     scope.spawn(move || {
                         let mut checker = Checker::new(files, Vec::new());
-                        let schedules: Vec<(String, Arc<ScheduleConfig>)> = chunk
-                            .iter()
-                            .filter_map(|named| {
-                                let schedule = checker.schedule(named, names)?;
-                                Some((named.name.clone(), Arc::new(schedule)))
-                            })
-                            .collect();
+                        let mut schedules: Vec<(String, Arc<ScheduleConfig>)> = Vec::new();
+                        loop {
+                            let batch: Vec<_> = entries
+                                .lock()
+                                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                                .by_ref()
+                                .take(256)
+                                .collect();
+                            if batch.is_empty() {
+                                break;
+                            }
+                            for (name, key, value) in batch {
+                                let named = Named {
+                                    name,
+                                    key: &key,
+                                    value: &value,
+                                };
+                                if let Some(schedule) = checker.schedule(&named, names) {
+                                    schedules.push((named.name, Arc::new(schedule)));
+                                }
+                            }
+                        }
                         (schedules, checker.errors)
                     })
                 })
@@ -712,8 +796,8 @@ impl<'a> Checker<'a> {
                 .collect::<Vec<_>>()
         });
         let mut schedules = BTreeMap::new();
-        for (chunk, errors) in results {
-            schedules.extend(chunk);
+        for (built, errors) in results {
+            schedules.extend(built);
             self.errors.extend(errors);
         }
         schedules
@@ -938,7 +1022,7 @@ impl<'a> Checker<'a> {
 
     // ----- schedules -----------------------------------------------------------------
 
-    fn schedule(&mut self, named: &Named<'a>, names: &Names<'_>) -> Option<ScheduleConfig> {
+    fn schedule(&mut self, named: &Named<'_>, names: &Names<'_>) -> Option<ScheduleConfig> {
         let name = &named.name;
         let fields = self.fields(
             named.value,
@@ -1299,7 +1383,7 @@ impl<'a> Checker<'a> {
         None
     }
 
-    fn timing(&mut self, named: &Named<'a>, fields: &Fields<'a>, tz: Tz) -> Option<Timing> {
+    fn timing(&mut self, named: &Named<'_>, fields: &Fields<'_>, tz: Tz) -> Option<Timing> {
         let name = &named.name;
         let anchor = fields.entry("anchor");
         match (fields.entry("cron"), fields.entry("every")) {
@@ -1353,13 +1437,16 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn cron(&mut self, node: &'a Node) -> Option<CronExpr> {
+    fn cron(&mut self, node: &Node) -> Option<CronExpr> {
         let expr = self.string(node, "cron")?;
-        let parsed = self
-            .crons
-            .entry(expr)
-            .or_insert_with(|| CronExpr::parse(expr))
-            .clone();
+        let parsed = match self.crons.get(expr) {
+            Some(parsed) => parsed.clone(),
+            None => {
+                let parsed = CronExpr::parse(expr);
+                self.crons.insert(expr.to_string(), parsed.clone());
+                parsed
+            }
+        };
         match parsed {
             Ok(parsed) => Some(parsed),
             Err(e) => {
@@ -1423,7 +1510,7 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn misfire(&mut self, node: &'a Node, schedule: &str) -> Option<MisfirePolicy> {
+    fn misfire(&mut self, node: &Node, schedule: &str) -> Option<MisfirePolicy> {
         let fields = self.fields(
             node,
             MISFIRE_KEYS,

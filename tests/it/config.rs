@@ -953,6 +953,77 @@ fn fifty_megabytes_of_valid_text_load_fast() {
     );
 }
 
+/// Enough schedules to be built by several threads (which take them in batches from one
+/// iterator over two files' sections, dropping each one's nodes once built): every one is
+/// built once, and every error is reported once, wherever it falls among the batches;
+/// duplicate names are decided in file order (the first definition wins).
+#[test]
+fn many_schedules_built_by_several_threads_are_each_checked_once() {
+    let n = 12_000;
+    let mut a = String::from("tasks:\n  noop: {builtin: noop}\nschedules:\n");
+    let mut b = String::from("schedules:\n");
+    for i in 0..n {
+        let text = if i % 2 == 0 { &mut a } else { &mut b };
+        match i {
+            // A bad cron, an unknown task, the wrong type, in batches far apart.
+            7 | 6_001 | 11_999 => text.push_str(&format!("  s{i}: {{every: 1s, task: nope}}\n")),
+            100 | 9_000 => text.push_str(&format!("  s{i}: {{cron: '61 * * * *', task: noop}}\n")),
+            4_000 => text.push_str(&format!("  s{i}: 5\n")),
+            _ => text.push_str(&format!("  s{i}: {{every: {}s, task: noop}}\n", 1 + i % 50)),
+        }
+    }
+    // Defined again in the second file.
+    b.push_str("  s10: {every: 1s, task: noop}\n");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), &a).unwrap();
+    std::fs::write(dir.path().join("b.yaml"), &b).unwrap();
+    let errors = match config::load(dir.path()) {
+        Ok(config) => panic!("expected errors, got {}", config.summary()),
+        Err(errors) => errors,
+    };
+    // "FILE: MESSAGE" (the message without a location it may end with).
+    let found: Vec<String> = lines(&errors)
+        .iter()
+        .map(|l| {
+            let (location, message) = l.split_once(": ").expect("FILE:LINE:COL: MESSAGE");
+            let file = if location.contains("a.yaml:") {
+                "a"
+            } else {
+                "b"
+            };
+            let message = message.split(" at ").next().unwrap();
+            format!("{file}: {message}")
+        })
+        .collect();
+    let cron = "a: invalid cron expression `61 * * * *`: minute: 61 is out of range 0-59";
+    let nope = "b: unknown task `nope`; did you mean `noop`?";
+    assert_eq!(
+        found,
+        vec![
+            cron.to_string(),
+            "a: expected a mapping of settings for schedule `s4000` (`task`, `cron` or `every`, ...), found an integer".to_string(),
+            cron.to_string(),
+            nope.to_string(),
+            nope.to_string(),
+            nope.to_string(),
+            "b: schedule `s10` is already defined".to_string(),
+        ]
+    );
+    // Without the errors, every schedule is built.
+    let fixed_a = a
+        .replace("61 * * * *", "1 * * * *")
+        .replace("s4000: 5", "s4000: {every: 1s, task: noop}");
+    let fixed_b = b
+        .replace("task: nope", "task: noop")
+        .replace("  s10: {every: 1s, task: noop}\n", "");
+    std::fs::write(dir.path().join("a.yaml"), &fixed_a).unwrap();
+    std::fs::write(dir.path().join("b.yaml"), &fixed_b).unwrap();
+    let config = config::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let expected: std::collections::BTreeSet<String> = (0..n).map(|i| format!("s{i}")).collect();
+    let built: std::collections::BTreeSet<String> = config.schedules.keys().cloned().collect();
+    assert_eq!(built, expected);
+}
+
 #[test]
 #[cfg_attr(debug_assertions, ignore = "slow in debug builds; run with --release")]
 fn a_hundred_thousand_schedules_load() {
