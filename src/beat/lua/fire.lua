@@ -113,9 +113,17 @@ end
 local names = {}
 for j = 0, n - 1 do names[j + 1] = ARGV[B + j * F] end
 
--- Nominal instants as decimal Unix ms: compared as strings (no strtod per fire).
-local function older(x, y)
-  return #x < #y or (#x == #y and x < y)
+local find, sub = string.find, string.sub
+
+-- Whether a record `rec` (its nominal part: the digits before `tab`, or all of it) is at or
+-- after the nominal instant `t`. Decimal Unix ms compared as strings: no strtod, and no
+-- substring made (when the digit parts have the same length, `rec < t` compares the
+-- digits, and on equal digits `rec` is not less). An empty nominal part (a record of an
+-- earlier version, forgotten) is never at or after.
+local function decided_by(rec, tab, t)
+  local digits = tab and tab - 1 or #rec
+  if digits ~= #t then return digits > #t end
+  return not (rec < t)
 end
 
 -- One read of the last records for the whole batch.
@@ -144,13 +152,11 @@ for i = 0, n - 1 do
   local nominal_ms, flags = R_t[g], R_flags[g]
   local rec = lasts[i + 1]
   if dups then rec = recs[schedule] or rec end
-  -- The record's nominal part: up to its first tab (empty in records forgotten by earlier
-  -- versions, which read as no record).
-  local tab = rec and string.find(rec, '\t', 1, true)
-  local last = rec and (tab and string.sub(rec, 1, tab - 1) or rec)
+  -- Where the record's nominal part ends (its first tab).
+  local tab = rec and find(rec, '\t', 1, true)
   local id = ARGV[b + 1]
   local qi = R_qi[g]
-  if last and last ~= '' and not older(last, nominal_ms) then
+  if rec and decided_by(rec, tab, nominal_ms) then
     out[i + 1] = 2
     unuse(qi, id)
   else
@@ -159,11 +165,11 @@ for i = 0, n - 1 do
       journal(schedule, 'paused', nominal_ms, 'schedule is paused')
       out[i + 1] = 4
       unuse(qi, id)
-      decided = nominal_ms .. (tab and string.sub(rec, tab) or '')
+      decided = nominal_ms .. (tab and sub(rec, tab) or '')
     else
       local qname = ARGV[11 + qi]
       local running = nil
-      if flags ~= '' and string.find(flags, 'o', 1, true) and tab then
+      if flags ~= '' and find(flags, 'o', 1, true) and tab then
         -- (A message enqueued earlier in this batch has its body written already.)
         local q, rid = string.match(rec, '^%d*\t(.-)\t(.-)\t')
         if q and redis.call('HEXISTS', prefix .. '{q:' .. q .. '}:msg', rid) == 1 then
@@ -175,7 +181,7 @@ for i = 0, n - 1 do
           'previous run ' .. running .. ' still queued or running')
         out[i + 1] = running
         unuse(qi, id)
-        decided = nominal_ms .. string.sub(rec, tab)
+        decided = nominal_ms .. sub(rec, tab)
       else
         -- Message ids are fresh UUIDs and a tick passes the checks above once: no message
         -- of this id can be in the queue already.
@@ -209,7 +215,7 @@ for i = 0, n - 1 do
           nready[qi] = c + 2
         end
         decided = nominal_ms .. '\t' .. qname .. '\t' .. id .. '\t' .. nominal_ms
-        if flags ~= '' and string.find(flags, 'c', 1, true) then
+        if flags ~= '' and find(flags, 'c', 1, true) then
           journal(schedule, 'caught_up', nominal_ms, 'message ' .. id .. ' on ' .. qname)
         else
           nf = nf + 1
