@@ -521,42 +521,9 @@ impl Beat {
                 .running
                 .get_key_value(name.as_str())
                 .expect("names come from running");
-            let reference = match (last, armed) {
-                (Some(l), Some(a)) => Some(l.max(a)),
-                (l, a) => l.or(a),
-            };
-            let plan = misfire::plan_catch_up(&r.cfg.timing, reference, now, r.policy);
-            if plan.dropped > 0 {
-                let mut e = JournalEntry::new(
-                    "misfired",
-                    Some(name),
-                    format!(
-                        "{}{} missed tick(s) not fired (from {} to {}; misfire policy: grace {}, catch_up {})",
-                        if plan.count_is_lower_bound {
-                            "at least "
-                        } else {
-                            ""
-                        },
-                        plan.dropped,
-                        plan.dropped_first
-                            .map(|t| t.to_rfc3339())
-                            .unwrap_or_default(),
-                        plan.dropped_last
-                            .map(|t| t.to_rfc3339())
-                            .unwrap_or_default(),
-                        humantime::format_duration(r.policy.grace),
-                        r.cfg.misfire.catch_up.name(),
-                    ),
-                );
-                e.nominal = plan.dropped_last;
-                tracing::warn!(schedule = %name, dropped = plan.dropped, "missed ticks dropped by misfire policy");
-                entries.push(e);
-                self.count_misfires(name, plan.dropped as u64);
-            }
-            for nominal in plan.fire {
-                fires.push(self.build_fire(r, nominal, now, true));
-            }
-            self.agenda.upsert(key.clone(), r.cfg.clone(), now);
+            let (key, cfg) = (key.clone(), r.cfg.clone());
+            self.catch_up(name, last, armed, now, &mut fires, &mut entries);
+            self.agenda.upsert(key, cfg, now);
         }
         drop(names);
         if self.running.len() >= RELEASE_MEMORY_FROM {
@@ -570,6 +537,59 @@ impl Beat {
             self.pending = fires;
         }
         self.publish_status();
+    }
+
+    /// Applies a schedule's misfire policy to the ticks it missed since the later of its last
+    /// decided tick and when it was armed (on a takeover, or when a reload adds it to a
+    /// leader): the ticks to fire go to `fires`, a journal entry for those dropped to
+    /// `entries`.
+    fn catch_up(
+        &self,
+        name: &str,
+        last: Option<DateTime<Utc>>,
+        armed: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        fires: &mut Vec<Fire>,
+        entries: &mut Vec<JournalEntry>,
+    ) {
+        let Some(r) = self.running.get(name) else {
+            return;
+        };
+        let reference = match (last, armed) {
+            (Some(l), Some(a)) => Some(l.max(a)),
+            (l, a) => l.or(a),
+        };
+        let plan = misfire::plan_catch_up(&r.cfg.timing, reference, now, r.policy);
+        if plan.dropped > 0 {
+            let mut e = JournalEntry::new(
+                "misfired",
+                Some(name),
+                format!(
+                    "{}{} missed tick(s) not fired (from {} to {}; misfire policy: grace {}, catch_up {})",
+                    if plan.count_is_lower_bound {
+                        "at least "
+                    } else {
+                        ""
+                    },
+                    plan.dropped,
+                    plan.dropped_first
+                        .map(|t| t.to_rfc3339())
+                        .unwrap_or_default(),
+                    plan.dropped_last
+                        .map(|t| t.to_rfc3339())
+                        .unwrap_or_default(),
+                    humantime::format_duration(r.policy.grace),
+                    r.cfg.misfire.catch_up.name(),
+                ),
+            );
+            e.nominal = plan.dropped_last;
+            tracing::warn!(schedule = %name, dropped = plan.dropped, "missed ticks dropped by misfire policy");
+            entries.push(e);
+            self.count_misfires(name, plan.dropped as u64);
+        }
+        for nominal in plan.fire {
+            fires.push(self.build_fire(r, nominal, now, true));
+        }
     }
 
     fn build_fire(
@@ -1055,6 +1075,9 @@ impl Beat {
         {
             tracing::warn!(error = %e, "cannot record the added or retimed schedules' start");
         }
+        if self.leader.is_some() && !added.is_empty() {
+            self.catch_up_added(&added, now).await;
+        }
         self.status.send_modify(|s| s.reloads += 1);
         metrics::counter!(m::RELOADS, "result" => "applied").increment(1);
         self.publish_status();
@@ -1073,6 +1096,33 @@ impl Beat {
         );
         self.journal(vec![JournalEntry::new("reload_applied", None, detail)])
             .await;
+    }
+
+    /// A leader catches up the schedules a reload added, as a takeover does: a schedule armed
+    /// earlier by another beat (which reloaded first, then died before firing it) is owed
+    /// its ticks since, by its misfire policy. (Armed just now, it is owed nothing.)
+    async fn catch_up_added(&mut self, added: &[String], now: DateTime<Utc>) {
+        let records = match self.store.last_fired(added).await {
+            Ok(last) => self.store.armed(added).await.map(|armed| (last, armed)),
+            Err(e) => Err(e),
+        };
+        let (last, armed) = match records {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the added schedules' records; not catching them up");
+                return;
+            }
+        };
+        let mut fires = Vec::new();
+        let mut entries = Vec::new();
+        for ((name, last), armed) in added.iter().zip(last).zip(armed) {
+            self.catch_up(name, last, armed, now, &mut fires, &mut entries);
+        }
+        self.journal(entries).await;
+        if !fires.is_empty() {
+            tracing::info!(count = fires.len(), "catching up ticks of added schedules");
+            self.pending.extend(fires);
+        }
     }
 
     /// The configuration currently running.

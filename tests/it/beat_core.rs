@@ -1311,6 +1311,57 @@ async fn beat_core_regression_removed_then_readded_schedule_does_not_catch_up_it
     b.stop().await;
 }
 
+/// A reload adds a schedule on the leader, which dies before the schedule's first tick; the
+/// standby that takes over has not reloaded yet (its file arrives later, or its watcher is
+/// slower). When it reloads, the ticks the schedule is owed since the first leader armed it
+/// are caught up by its misfire policy, as a takeover catches up the schedules it knows.
+/// (They used to be lost: a reload only put the added schedule on the agenda from then.)
+#[tokio::test]
+async fn beat_core_schedule_added_before_a_takeover_is_caught_up_when_the_new_leader_reloads() {
+    let (server, _broker) = redis().await;
+    let before = config("  keep: {task: noop, every: 10s}\n");
+    let after = config(
+        "  keep: {task: noop, every: 10s}\n\
+         \x20 new: {task: noop, every: 10s, misfire: {grace: 1h, catch_up: all, max: 100}}\n",
+    );
+    let clock = ManualClock::new(utc(2025, 1, 1, 0, 0, 5));
+    let sa: Arc<dyn BeatStore> = Arc::new(RedisBeatStore::new(connect(&server).await, "a"));
+    let a = start(before.clone(), sa.clone(), &clock, "a", SHORT_TTL);
+    a.settle().await;
+    clock.set(utc(2025, 1, 1, 0, 0, 7));
+    a.reload(after.clone()).await;
+    a.crash().await;
+    clock.set(utc(2025, 1, 1, 0, 0, 35));
+    let sb: Arc<dyn BeatStore> = Arc::new(RedisBeatStore::new(connect(&server).await, "b"));
+    let b = start(before.clone(), sb.clone(), &clock, "b", SHORT_TTL);
+    b.settle().await;
+    assert!(fired_once(&*sb, "new").await.is_empty());
+    clock.set(utc(2025, 1, 1, 0, 0, 36));
+    b.reload(after.clone()).await;
+    let owed = [
+        utc(2025, 1, 1, 0, 0, 10),
+        utc(2025, 1, 1, 0, 0, 20),
+        utc(2025, 1, 1, 0, 0, 30),
+    ];
+    assert_eq!(fired_once(&*sb, "new").await, owed);
+    // Then on time, and a schedule added afresh is owed nothing.
+    b.at(utc(2025, 1, 1, 0, 0, 40)).await;
+    let mut then = owed.to_vec();
+    then.push(utc(2025, 1, 1, 0, 0, 40));
+    assert_eq!(fired_once(&*sb, "new").await, then);
+    let more = config(
+        "  keep: {task: noop, every: 10s}\n\
+         \x20 new: {task: noop, every: 10s, misfire: {grace: 1h, catch_up: all, max: 100}}\n\
+         \x20 fresh: {task: noop, every: 10s, misfire: {grace: 1h, catch_up: all, max: 100}}\n",
+    );
+    clock.set(utc(2025, 1, 1, 0, 0, 45));
+    b.reload(more).await;
+    assert!(fired_once(&*sb, "fresh").await.is_empty());
+    b.at(utc(2025, 1, 1, 0, 0, 50)).await;
+    assert_eq!(fired_once(&*sb, "fresh").await, [utc(2025, 1, 1, 0, 0, 50)]);
+    b.stop().await;
+}
+
 /// Same family as the removed-then-re-added case: a schedule whose timing changes by reload
 /// starts its new timing at the reload; a takeover right after the change must not catch up
 /// ticks of the NEW timing from before the change (the old last-fired record made them look
