@@ -1021,6 +1021,14 @@ fn init_tracing(filter: &str, format: LogFormat) {
 }
 
 fn dispatch(command: Command) -> anyhow::Result<()> {
+    if matches!(
+        command,
+        Command::Check(_) | Command::Next(_) | Command::Run(_) | Command::Beat(_)
+    ) {
+        // They load whole configurations (a beat's may hold 100,000s of schedules); no
+        // thread has started yet.
+        celeriac::memory::share_one_arena();
+    }
     match command {
         Command::Check(args) => cmd_check(&args.config),
         Command::Next(args) => cmd_next(args),
