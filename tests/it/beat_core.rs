@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::redis_server::RedisServer;
-use crate::util::eventually;
+use crate::util::{Hooked, StoreHooks, eventually};
 
 /// Generous bound for anything that takes milliseconds on an idle machine.
 const SOON: Duration = Duration::from_secs(15);
@@ -439,8 +439,8 @@ struct Spy {
 }
 
 impl Spy {
-    fn new(inner: Arc<dyn BeatStore>) -> Arc<Spy> {
-        Arc::new(Spy {
+    fn new(inner: Arc<dyn BeatStore>) -> Arc<Hooked<Spy>> {
+        Arc::new(Hooked(Spy {
             inner,
             fire_calls: Mutex::new(Vec::new()),
             claims_fail: AtomicBool::new(false),
@@ -450,12 +450,15 @@ impl Spy {
             renewals: Mutex::new(Vec::new()),
             claims: AtomicUsize::new(0),
             fired: Mutex::new(Vec::new()),
-        })
+        }))
     }
 }
 
 #[async_trait]
-impl BeatStore for Spy {
+impl StoreHooks for Spy {
+    fn inner(&self) -> &dyn BeatStore {
+        &*self.inner
+    }
     async fn claim(&self, token: &str, ttl: Duration) -> Result<Claim, BrokerError> {
         self.claims.fetch_add(1, Ordering::Relaxed);
         if self.claims_fail.load(Ordering::SeqCst) {
@@ -470,9 +473,6 @@ impl BeatStore for Spy {
             self.renewals.lock().unwrap().push(sent);
         }
         r
-    }
-    async fn resign(&self, token: &str) -> Result<(), BrokerError> {
-        self.inner.resign(token).await
     }
     async fn fire(
         &self,
@@ -494,31 +494,6 @@ impl BeatStore for Spy {
             }
         }
         Ok(outcomes)
-    }
-    async fn last_fired(
-        &self,
-        schedules: &[String],
-    ) -> Result<Vec<Option<DateTime<Utc>>>, BrokerError> {
-        self.inner.last_fired(schedules).await
-    }
-    async fn arm(&self, schedules: &[String], at: DateTime<Utc>) -> Result<(), BrokerError> {
-        self.inner.arm(schedules, at).await
-    }
-    async fn armed(&self, schedules: &[String]) -> Result<Vec<Option<DateTime<Utc>>>, BrokerError> {
-        self.inner.armed(schedules).await
-    }
-    async fn disarm(&self, schedules: &[String]) -> Result<(), BrokerError> {
-        self.inner.disarm(schedules).await
-    }
-    async fn journal(&self, entries: &[JournalEntry]) -> Result<(), BrokerError> {
-        self.inner.journal(entries).await
-    }
-    async fn read_journal(
-        &self,
-        schedule: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<JournalEntry>, BrokerError> {
-        self.inner.read_journal(schedule, limit).await
     }
 }
 
@@ -1088,7 +1063,7 @@ struct LeaderAndStandby {
     server: RedisServer,
     clock: ManualClock,
     ttl: Duration,
-    spy: Arc<Spy>,
+    spy: Arc<Hooked<Spy>>,
     a: Running,
     sb: Arc<dyn BeatStore>,
     b: Running,

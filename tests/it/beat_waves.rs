@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use celeriac::beat::redis_store::RedisBeatStore;
-use celeriac::beat::store::{BeatStore, Claim, Fire, FireOutcome, JournalEntry, LeaderToken};
+use celeriac::beat::store::{BeatStore, Fire, FireOutcome, LeaderToken};
 use celeriac::beat::{Beat, BeatError, BeatOptions};
 use celeriac::broker::{Broker, BrokerError, RedisBroker};
 use celeriac::config::Config;
@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::redis_server::RedisServer;
+use crate::util::{Hooked, StoreHooks};
 
 /// The Redis store, with each fire call slowed down by `per_fire` per tick (a busy Redis),
 /// and the fire calls numbered in `fail_calls` (from 0) failing as if the connection dropped
@@ -40,12 +41,9 @@ impl SlowStore {
 }
 
 #[async_trait::async_trait]
-impl BeatStore for SlowStore {
-    async fn claim(&self, token: &str, ttl: Duration) -> Result<Claim, BrokerError> {
-        self.inner.claim(token, ttl).await
-    }
-    async fn resign(&self, token: &str) -> Result<(), BrokerError> {
-        self.inner.resign(token).await
+impl StoreHooks for SlowStore {
+    fn inner(&self) -> &dyn BeatStore {
+        &self.inner
     }
     async fn fire(
         &self,
@@ -64,31 +62,6 @@ impl BeatStore for SlowStore {
         }
         self.inner.fire(leader, fires).await
     }
-    async fn last_fired(
-        &self,
-        schedules: &[String],
-    ) -> Result<Vec<Option<DateTime<Utc>>>, BrokerError> {
-        self.inner.last_fired(schedules).await
-    }
-    async fn arm(&self, schedules: &[String], at: DateTime<Utc>) -> Result<(), BrokerError> {
-        self.inner.arm(schedules, at).await
-    }
-    async fn armed(&self, schedules: &[String]) -> Result<Vec<Option<DateTime<Utc>>>, BrokerError> {
-        self.inner.armed(schedules).await
-    }
-    async fn disarm(&self, schedules: &[String]) -> Result<(), BrokerError> {
-        self.inner.disarm(schedules).await
-    }
-    async fn journal(&self, entries: &[JournalEntry]) -> Result<(), BrokerError> {
-        self.inner.journal(entries).await
-    }
-    async fn read_journal(
-        &self,
-        schedule: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<JournalEntry>, BrokerError> {
-        self.inner.read_journal(schedule, limit).await
-    }
 }
 
 /// A configuration of `n` minute crons, all due at the same instants.
@@ -105,7 +78,7 @@ fn minute_crons(n: usize) -> Config {
 /// the clock 100 ms past it. Cancel the token to stop the beat, then await the task.
 async fn run_past_a_boundary(
     cfg: Config,
-    store: Arc<SlowStore>,
+    store: Arc<Hooked<SlowStore>>,
     lease_ttl: Duration,
 ) -> (CancellationToken, JoinHandle<Result<(), BeatError>>) {
     let boundary =
@@ -157,10 +130,10 @@ async fn a_wave_longer_than_the_lease_keeps_leadership_and_fires_every_tick() {
     let broker = crate::beat_core::connect(&server).await;
     // 300 minute crons due at the same instant; firing them takes 300 x 10 ms = 3 s, three
     // times the 1 s lease.
-    let store = Arc::new(SlowStore::new(
+    let store = Arc::new(Hooked(SlowStore::new(
         RedisBeatStore::new(broker.clone(), "w"),
         Duration::from_millis(10),
-    ));
+    )));
     let (shutdown, task) =
         run_past_a_boundary(minute_crons(300), store.clone(), Duration::from_secs(1)).await;
     if let Err(ready) = ready_reaches(&broker, 300).await {
@@ -205,7 +178,7 @@ async fn pipelined_waves_that_fail_midway_fire_every_tick_once() {
         );
         slow.fail_calls = vec![0, 1, 4];
         slow.applied = applied;
-        let store = Arc::new(slow);
+        let store = Arc::new(Hooked(slow));
         // Retries of failed waves come with the loop's wake-ups (lease renewals).
         let (shutdown, task) =
             run_past_a_boundary(minute_crons(200), store.clone(), Duration::from_secs(2)).await;

@@ -371,17 +371,17 @@ impl HangingStore {
 }
 
 #[async_trait::async_trait]
-impl celeriac::beat::store::BeatStore for HangingStore {
+impl crate::util::StoreHooks for HangingStore {
+    fn inner(&self) -> &dyn celeriac::beat::store::BeatStore {
+        &self.inner
+    }
     async fn claim(
         &self,
         token: &str,
         ttl: Duration,
     ) -> Result<celeriac::beat::store::Claim, celeriac::broker::BrokerError> {
         self.gate().await;
-        self.inner.claim(token, ttl).await
-    }
-    async fn resign(&self, token: &str) -> Result<(), celeriac::broker::BrokerError> {
-        self.inner.resign(token).await
+        self.inner().claim(token, ttl).await
     }
     async fn fire(
         &self,
@@ -389,42 +389,7 @@ impl celeriac::beat::store::BeatStore for HangingStore {
         fires: &[celeriac::beat::store::Fire],
     ) -> Result<Vec<celeriac::beat::store::FireOutcome>, celeriac::broker::BrokerError> {
         self.gate().await;
-        self.inner.fire(leader, fires).await
-    }
-    async fn last_fired(
-        &self,
-        schedules: &[String],
-    ) -> Result<Vec<Option<chrono::DateTime<chrono::Utc>>>, celeriac::broker::BrokerError> {
-        self.inner.last_fired(schedules).await
-    }
-    async fn arm(
-        &self,
-        schedules: &[String],
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(), celeriac::broker::BrokerError> {
-        self.inner.arm(schedules, at).await
-    }
-    async fn armed(
-        &self,
-        schedules: &[String],
-    ) -> Result<Vec<Option<chrono::DateTime<chrono::Utc>>>, celeriac::broker::BrokerError> {
-        self.inner.armed(schedules).await
-    }
-    async fn disarm(&self, schedules: &[String]) -> Result<(), celeriac::broker::BrokerError> {
-        self.inner.disarm(schedules).await
-    }
-    async fn journal(
-        &self,
-        entries: &[celeriac::beat::store::JournalEntry],
-    ) -> Result<(), celeriac::broker::BrokerError> {
-        self.inner.journal(entries).await
-    }
-    async fn read_journal(
-        &self,
-        schedule: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<celeriac::beat::store::JournalEntry>, celeriac::broker::BrokerError> {
-        self.inner.read_journal(schedule, limit).await
+        self.inner().fire(leader, fires).await
     }
 }
 
@@ -449,12 +414,12 @@ fn a_stuck_beat_loop_stops_the_watchdog_pings() {
         Some(Duration::from_millis(200)),
     ));
     let hang = Arc::new(AtomicBool::new(false));
-    let store = HangingStore {
+    let store = crate::util::Hooked(HangingStore {
         inner: celeriac::beat::memory_store::MemoryBeatStore::new(
             celeriac::broker::memory::MemoryBroker::new(),
         ),
         hang: hang.clone(),
-    };
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -3,6 +3,11 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
+
+use celeriac::beat::store::{BeatStore, Claim, Fire, FireOutcome, JournalEntry, LeaderToken};
+use celeriac::broker::BrokerError;
+use chrono::{DateTime, Utc};
 
 /// The `celeriac` binary built for this test run.
 pub fn celeriac() -> Command {
@@ -153,4 +158,76 @@ where
 pub fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// What a test's beat store wrapper changes: `claim` and `fire` go through these (by default
+/// straight to the inner store); wrap it in [`Hooked`] for a store whose every other call
+/// goes straight to the inner store.
+#[async_trait::async_trait]
+pub trait StoreHooks: Send + Sync + 'static {
+    fn inner(&self) -> &dyn BeatStore;
+
+    async fn claim(&self, token: &str, ttl: Duration) -> Result<Claim, BrokerError> {
+        self.inner().claim(token, ttl).await
+    }
+
+    async fn fire(
+        &self,
+        leader: &LeaderToken,
+        fires: &[Fire],
+    ) -> Result<Vec<FireOutcome>, BrokerError> {
+        self.inner().fire(leader, fires).await
+    }
+}
+
+/// A beat store made of [`StoreHooks`] (dereferences to them, for the test's own fields).
+pub struct Hooked<H>(pub H);
+
+impl<H> std::ops::Deref for Hooked<H> {
+    type Target = H;
+    fn deref(&self) -> &H {
+        &self.0
+    }
+}
+
+#[async_trait::async_trait]
+impl<H: StoreHooks> BeatStore for Hooked<H> {
+    async fn claim(&self, token: &str, ttl: Duration) -> Result<Claim, BrokerError> {
+        StoreHooks::claim(&self.0, token, ttl).await
+    }
+    async fn resign(&self, token: &str) -> Result<(), BrokerError> {
+        self.0.inner().resign(token).await
+    }
+    async fn fire(
+        &self,
+        leader: &LeaderToken,
+        fires: &[Fire],
+    ) -> Result<Vec<FireOutcome>, BrokerError> {
+        StoreHooks::fire(&self.0, leader, fires).await
+    }
+    async fn last_fired(
+        &self,
+        schedules: &[String],
+    ) -> Result<Vec<Option<DateTime<Utc>>>, BrokerError> {
+        self.0.inner().last_fired(schedules).await
+    }
+    async fn arm(&self, schedules: &[String], at: DateTime<Utc>) -> Result<(), BrokerError> {
+        self.0.inner().arm(schedules, at).await
+    }
+    async fn armed(&self, schedules: &[String]) -> Result<Vec<Option<DateTime<Utc>>>, BrokerError> {
+        self.0.inner().armed(schedules).await
+    }
+    async fn disarm(&self, schedules: &[String]) -> Result<(), BrokerError> {
+        self.0.inner().disarm(schedules).await
+    }
+    async fn journal(&self, entries: &[JournalEntry]) -> Result<(), BrokerError> {
+        self.0.inner().journal(entries).await
+    }
+    async fn read_journal(
+        &self,
+        schedule: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, BrokerError> {
+        self.0.inner().read_journal(schedule, limit).await
+    }
 }
