@@ -521,9 +521,8 @@ impl Beat {
                 .running
                 .get_key_value(name.as_str())
                 .expect("names come from running");
-            let (key, cfg) = (key.clone(), r.cfg.clone());
-            self.catch_up(name, last, armed, now, &mut fires, &mut entries);
-            self.agenda.upsert(key, cfg, now);
+            self.catch_up(r, last, armed, now, &mut fires, &mut entries);
+            self.agenda.upsert(key.clone(), r.cfg.clone(), now);
         }
         drop(names);
         if self.running.len() >= RELEASE_MEMORY_FROM {
@@ -545,16 +544,14 @@ impl Beat {
     /// `entries`.
     fn catch_up(
         &self,
-        name: &str,
+        r: &Running,
         last: Option<DateTime<Utc>>,
         armed: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
         fires: &mut Vec<Fire>,
         entries: &mut Vec<JournalEntry>,
     ) {
-        let Some(r) = self.running.get(name) else {
-            return;
-        };
+        let name = r.cfg.name.as_str();
         let reference = match (last, armed) {
             (Some(l), Some(a)) => Some(l.max(a)),
             (l, a) => l.or(a),
@@ -1116,7 +1113,9 @@ impl Beat {
         let mut fires = Vec::new();
         let mut entries = Vec::new();
         for ((name, last), armed) in added.iter().zip(last).zip(armed) {
-            self.catch_up(name, last, armed, now, &mut fires, &mut entries);
+            if let Some(r) = self.running.get(name.as_str()) {
+                self.catch_up(r, last, armed, now, &mut fires, &mut entries);
+            }
         }
         self.journal(entries).await;
         if !fires.is_empty() {

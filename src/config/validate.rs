@@ -740,18 +740,9 @@ impl<'a> Checker<'a> {
             .min(total / PARALLEL_SCHEDULES_MIN)
             .max(1);
         if workers == 1 {
-            let mut schedules = BTreeMap::new();
-            for (name, key, value) in entries {
-                let named = Named {
-                    name,
-                    key: &key,
-                    value: &value,
-                };
-                if let Some(schedule) = self.schedule(&named, names) {
-                    schedules.insert(named.name, Arc::new(schedule));
-                }
-            }
-            return schedules;
+            return entries
+                .filter_map(|entry| self.owned_schedule(entry, names))
+                .collect();
         }
         let files = self.files;
         let entries = std::sync::Mutex::new(entries);
@@ -772,16 +763,11 @@ impl<'a> Checker<'a> {
                             if batch.is_empty() {
                                 break;
                             }
-                            for (name, key, value) in batch {
-                                let named = Named {
-                                    name,
-                                    key: &key,
-                                    value: &value,
-                                };
-                                if let Some(schedule) = checker.schedule(&named, names) {
-                                    schedules.push((named.name, Arc::new(schedule)));
-                                }
-                            }
+                            schedules.extend(
+                                batch
+                                    .into_iter()
+                                    .filter_map(|entry| checker.owned_schedule(entry, names)),
+                            );
                         }
                         (schedules, checker.errors)
                     })
@@ -801,6 +787,21 @@ impl<'a> Checker<'a> {
             self.errors.extend(errors);
         }
         schedules
+    }
+
+    /// Builds one schedule from its name and nodes, which are dropped once it is built.
+    fn owned_schedule(
+        &mut self,
+        (name, key, value): (String, Node, Node),
+        names: &Names<'_>,
+    ) -> Option<(String, Arc<ScheduleConfig>)> {
+        let named = Named {
+            name,
+            key: &key,
+            value: &value,
+        };
+        let schedule = self.schedule(&named, names)?;
+        Some((named.name, Arc::new(schedule)))
     }
 
     fn broker(&mut self, node: &Node) -> Option<String> {

@@ -224,6 +224,16 @@ async fn fired_once(store: &dyn BeatStore, schedule: &str) -> Vec<DateTime<Utc>>
 }
 
 /// Every message in a Redis queue (ready, reserved or delayed), decoded.
+/// The ids of a queue's ready messages, in the order workers take them.
+pub(crate) async fn ready_ids(broker: &RedisBroker, queue: &str) -> Vec<String> {
+    let key = format!("{}{{q:{queue}}}:ready", broker.prefix());
+    let v = broker
+        .command(redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1))
+        .await
+        .expect("ZRANGE");
+    redis::from_redis_value(v).expect("ready ids")
+}
+
 async fn queued(broker: &RedisBroker, queue: &str) -> Vec<TaskMessage> {
     let key = format!("{}{{q:{queue}}}:msg", broker.prefix());
     let v = broker
@@ -1725,16 +1735,7 @@ async fn beat_core_redis_store_records_last_tick_and_message_in_one_record() {
     assert_eq!(queued(&broker, "urgent").await.len(), 1);
     // Workers take them in the order they were fired: "a" and "b" share a run (instant, queue,
     // priority) and so a ready score, ordered by their ids (UUID v7: creation order).
-    let ready = broker
-        .command(
-            redis::cmd("ZRANGE")
-                .arg(format!("{}{{q:default}}:ready", broker.prefix()))
-                .arg(0)
-                .arg(-1),
-        )
-        .await
-        .unwrap();
-    let ready: Vec<String> = redis::from_redis_value(ready).unwrap();
+    let ready = ready_ids(&broker, "default").await;
     let fired_order: Vec<String> = [0, 1, 3, 4].map(|i| fires[i].message.id.clone()).to_vec();
     assert_eq!(ready, fired_order);
     // The journal has one "fired" entry per fire, with its message and queue (the batch's

@@ -201,18 +201,7 @@ async fn pipelined_waves_that_fail_midway_fire_every_tick_once() {
         );
         // Every ready message has its body, and no body is left without its message (the
         // retries went under new ids, so deleting the refused ones' bodies lost nothing).
-        let ready: Vec<String> = redis::from_redis_value(
-            broker
-                .command(
-                    redis::cmd("ZRANGE")
-                        .arg(format!("{}{{q:default}}:ready", broker.prefix()))
-                        .arg(0)
-                        .arg(-1),
-                )
-                .await
-                .unwrap(),
-        )
-        .unwrap();
+        let ready = crate::beat_core::ready_ids(&broker, "default").await;
         let bodies: Vec<String> = redis::from_redis_value(
             broker
                 .command(redis::cmd("HKEYS").arg(format!("{}{{q:default}}:msg", broker.prefix())))
